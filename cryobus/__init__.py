@@ -1,0 +1,1 @@
+"""cryobus: event-driven data services for cryo-EM facilities."""
