@@ -1,0 +1,3 @@
+from cryobus.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""The ``cryobus`` command line: up, run, ingest, demo, schema, status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from cryobus.registry import DEFAULT_SERVICES, SERVICES
+
+
+def _settings(args: argparse.Namespace, **extra: object):
+    """Settings from the environment, overridden by the flags that were given."""
+    from cryobus.shared.config import Settings
+
+    overrides: dict[str, object] = {k: v for k, v in extra.items() if v is not None}
+    if getattr(args, "nats", None):
+        overrides["nats_url"] = args.nats
+    if getattr(args, "store", None):
+        overrides["store_url"] = args.store
+    if getattr(args, "watch", None):
+        overrides["watch"] = [Path(w).resolve() for w in args.watch]
+    if getattr(args, "dataset", None):
+        overrides["dataset"] = args.dataset
+    if getattr(args, "state_dir", None):
+        overrides["state_dir"] = Path(args.state_dir)
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _parse_replicas(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        name, _, n = item.partition("=")
+        if name not in SERVICES or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"--replicas expects SERVICE=N with SERVICE in {sorted(SERVICES)}, got {item!r}")
+        out[name] = int(n)
+    return out
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from cryobus.supervisor import Supervisor
+
+    settings = _settings(args)
+    services = args.services.split(",") if args.services else list(DEFAULT_SERVICES)
+    sup = Supervisor(
+        settings=settings,
+        services=services,
+        replicas=_parse_replicas(args.replicas or []),
+        nats=args.nats,
+        exit_when_idle=args.exit_when_idle,
+        idle_timeout_s=args.idle_timeout,
+    )
+    return sup.run()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cryobus.registry import load_service
+    from cryobus.shared.bus.runtime import run_service
+    from cryobus.shared.logging import configure_logging
+
+    settings = _settings(args)
+    configure_logging(args.service, settings.log_level)
+    return run_service(load_service(args.service), settings)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from cryobus.shared.bus.connection import connect_with_retry
+    from cryobus.shared.bus.topology import ensure_streams
+    from cryobus.shared.events import Envelope, IngestRequested
+
+    settings = _settings(args).model_copy(update={"connect_timeout_s": 10.0})
+
+    async def main() -> None:
+        nc = await connect_with_retry(settings, "cryobus-cli")
+        js = nc.jetstream()
+        await ensure_streams(js)
+        cmd = IngestRequested(paths=[str(Path(p).resolve()) for p in args.paths], dataset=args.dataset)
+        env = Envelope.wrap(cmd, source="/cryobus/cli")
+        ack = await js.publish(env.nats_subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
+        print(f"ingest requested for {len(cmd.paths)} path(s): event {env.id} (stream seq {ack.seq})")
+        await nc.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from cryobus.shared.events.schema import write_schemas
+
+    paths = write_schemas(Path(args.out))
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cryobus.status import print_status
+
+    settings = _settings(args).model_copy(update={"connect_timeout_s": 5.0})
+    return asyncio.run(print_status(settings))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cryobus.demo.run import run_demo
+
+    return run_demo(data=Path(args.data) if args.data else None, out=Path(args.out), keep_state=args.keep_state)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cryobus", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--nats", help="NATS URL (default: $CRYOBUS_NATS_URL; for `up`: start an embedded server)")
+        sp.add_argument("--store", help="artifact store URL: file:///dir or s3://bucket/prefix")
+        sp.add_argument("--state-dir", help="local state folder (embedded NATS data, ingest ledger, logs)")
+
+    up = sub.add_parser("up", help="run NATS and every service on this machine")
+    common(up)
+    up.add_argument("--watch", action="append", metavar="DIR", help="folder to watch (repeatable)")
+    up.add_argument("--dataset", help="dataset name for every watched folder (default: the folder's name)")
+    up.add_argument("--services", help=f"comma-separated subset of {','.join(DEFAULT_SERVICES)}")
+    up.add_argument("--replicas", action="append", metavar="SERVICE=N", help="replicas of a service (repeatable)")
+    up.add_argument("--exit-when-idle", action="store_true", help="stop once all discovered input is processed")
+    up.add_argument("--idle-timeout", type=float, default=3600.0, help="give up waiting for idle after this many s")
+    up.set_defaults(func=cmd_up)
+
+    run = sub.add_parser("run", help="run one service replica (the container entry point)")
+    common(run)
+    run.add_argument("service", choices=sorted(SERVICES))
+    run.add_argument("--watch", action="append", metavar="DIR")
+    run.add_argument("--dataset")
+    run.set_defaults(func=cmd_run)
+
+    ing = sub.add_parser("ingest", help="ask ingest to scan PATH once")
+    common(ing)
+    ing.add_argument("paths", nargs="+", metavar="PATH")
+    ing.add_argument("--dataset")
+    ing.set_defaults(func=cmd_ingest)
+
+    sch = sub.add_parser("schema", help="write the JSON Schema of every event")
+    sch.add_argument("--out", default="docs/schemas")
+    sch.set_defaults(func=cmd_schema)
+
+    st = sub.add_parser("status", help="streams, consumer lag, dead letters")
+    common(st)
+    st.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="run the whole system on a synthetic (or given) acquisition")
+    demo.add_argument("--data", help="a project folder to process (default: generate a synthetic acquisition)")
+    demo.add_argument("--out", default="demo-out", help="where artifacts (and run state) go")
+    demo.add_argument("--keep-state", action="store_true", help="reuse the previous run's NATS/ingest state")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (KeyError, FileNotFoundError, ConnectionError) as exc:
+        print(f"cryobus: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

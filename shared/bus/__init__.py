@@ -1,0 +1,1 @@
+"""The event/delivery runtime on NATS JetStream: server, connection, topology, consumer loop."""

@@ -1,0 +1,151 @@
+"""How a service declares what it consumes: handlers typed by their event model.
+
+A handler is a plain (synchronous) function ``handler(event: Envelope[Model], ctx: HandlerContext)``.
+It runs in a worker thread, so CPU-heavy work (rendering, FFTs) never blocks heartbeats or
+other messages. Its effects go through ``ctx``: artifacts are written at once; follow-up
+events are collected and published by the runtime (with publish acks) *before* the message is
+acked. Raise ``InputError`` for bad input, anything else is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cryobus.shared.events import ArtifactStored, Envelope, EventData, InputMissing, stable_event_id
+
+if TYPE_CHECKING:
+    from cryobus.shared.bus.runtime import ServiceRuntime
+    from cryobus.shared.config import Settings
+    from cryobus.shared.store import ArtifactStore, StoredObject
+
+Handler = Callable[[Envelope[Any], "HandlerContext"], None]
+Background = Callable[["ServiceRuntime"], Awaitable[None]]
+
+
+@dataclass
+class Service:
+    """A service's declaration: its name, handlers by event model, KV buckets and background tasks."""
+
+    name: str
+    handlers: dict[type[EventData], Handler] = field(default_factory=dict)
+    kv_buckets: list[str] = field(default_factory=list)
+    background: list[Background] = field(default_factory=list)
+
+    def handler(self, model: type[EventData]) -> Callable[[Handler], Handler]:
+        """Decorator: register ``fn`` as the handler of ``model`` events (or commands)."""
+
+        def register(fn: Handler) -> Handler:
+            self.handlers[model] = fn
+            return fn
+
+        return register
+
+    def on_start(self, fn: Background) -> Background:
+        """Decorator: run ``fn(runtime)`` as a background task while the service runs."""
+        self.background.append(fn)
+        return fn
+
+    def handler_for(self, event_type: str) -> Handler | None:
+        for model, fn in self.handlers.items():
+            if model.static_type() == event_type:
+                return fn
+        return None
+
+    def subjects(self, kind: str) -> list[str]:
+        return sorted({m.static_subject() for m in self.handlers if m.kind == kind})
+
+
+@dataclass
+class PendingEvent:
+    """A follow-up event waiting to be published once the handler returns."""
+
+    data: EventData
+    event_id: str
+
+
+class HandlerContext:
+    """What a handler may do: write artifacts, emit events, report missing inputs, use its KV state.
+
+    Created per message by the runtime; used from the handler's worker thread.
+    """
+
+    def __init__(self, runtime: ServiceRuntime, event: Envelope[Any], loop: asyncio.AbstractEventLoop):
+        self._runtime = runtime
+        self._loop = loop
+        self.event = event
+        self.pending: list[PendingEvent] = []
+        self.log = logging.getLogger(f"cryobus.{runtime.service.name}")
+
+    @property
+    def service(self) -> str:
+        return self._runtime.service.name
+
+    @property
+    def settings(self) -> Settings:
+        return self._runtime.settings
+
+    @property
+    def store(self) -> ArtifactStore:
+        return self._runtime.store
+
+    def emit(self, data: EventData, *, dedup_key: str | None = None) -> str:
+        """Queue a follow-up event; its id is derived from the cause, so a redelivery re-publishes the same id."""
+        key = dedup_key if dedup_key is not None else data.model_dump_json()
+        event_id = stable_event_id(self.event.id, data.event_type(), key)
+        self.pending.append(PendingEvent(data, event_id))
+        return event_id
+
+    def put_artifact(
+        self, key: str, data: bytes, *, media_type: str, role: str, dataset: str, inputs: list[str]
+    ) -> StoredObject:
+        """Write ``data`` at ``key`` (atomic) and queue its ``artifact.stored`` event.
+
+        The event id depends only on (store, key, sha256): rewriting the same bytes is announced once.
+        """
+        stored = self.store.put(key, data, media_type=media_type)
+        self._runtime.metrics.bytes_written.labels(service=self.service).inc(stored.size_bytes)
+        self._runtime.metrics.artifacts_written.labels(service=self.service, role=role).inc()
+        event = ArtifactStored(
+            dataset=dataset,
+            uri=stored.uri,
+            key=stored.key,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            media_type=media_type,
+            producer=self.service,
+            role=role,
+            inputs=inputs,
+        )
+        self.pending.append(PendingEvent(event, stable_event_id("artifact", self.store.url, stored.key, stored.sha256)))
+        return stored
+
+    def report_missing(self, *, dataset: str, path: str, referenced_by: str, field: str | None = None) -> None:
+        """Announce a referenced file that does not exist (once per (dataset, path), whoever notices)."""
+        event = InputMissing(dataset=dataset, path=str(path), referenced_by=str(referenced_by), field=field)
+        self.pending.append(PendingEvent(event, stable_event_id("missing", dataset, str(path))))
+        self.log.warning("referenced file missing: %s (referenced by %s, %s)", path, referenced_by, field)
+
+    # --- the service's own key-value state (JetStream KV), bridged from the worker thread ---
+
+    def _call(self, coro: Awaitable[Any], timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    def kv_put(self, bucket: str, key: str, value: bytes) -> int:
+        """Store ``value`` under ``key`` in one of the service's KV buckets; returns the revision."""
+        return self._call(self._runtime.kv_put(bucket, key, value))
+
+    def kv_get(self, bucket: str, key: str) -> bytes | None:
+        return self._call(self._runtime.kv_get(bucket, key))
+
+    def kv_items(self, bucket: str, prefix: str) -> dict[str, tuple[bytes, int]]:
+        """All (value, revision) under keys starting with ``prefix``."""
+        return self._call(self._runtime.kv_items(bucket, prefix))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

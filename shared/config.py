@@ -1,0 +1,51 @@
+"""One settings object for every service, from environment (``CRYOBUS_*``) and CLI flags.
+
+Secrets (NATS credentials, S3 keys) come only from the environment or mounted files: the S3
+keys are read by the store library from the standard ``AWS_*`` variables and never logged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration shared by all services.
+
+    Every field can be set as ``CRYOBUS_<FIELD>`` (e.g. ``CRYOBUS_NATS_URL``); list fields take
+    JSON (``CRYOBUS_WATCH='["/data/a","/data/b"]'``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CRYOBUS_", extra="ignore")
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL(s), comma separated.")
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_creds_file: Path | None = Field(default=None, description="NATS .creds file (JWT + nkey seed).")
+    nats_nkey_seed_file: Path | None = None
+    nats_tls_ca_file: Path | None = None
+    nats_tls_cert_file: Path | None = None
+    nats_tls_key_file: Path | None = None
+    connect_timeout_s: float = Field(default=120.0, description="How long to retry the initial connect.")
+
+    store_url: str = Field(default="file://./cryobus-artifacts", description="Artifact store root URL.")
+    state_dir: Path = Field(default=Path("./cryobus-state"), description="Local state: embedded NATS data, ingest ledger, logs.")
+
+    watch: list[Path] = Field(default_factory=list, description="Folders ingest watches (and the allowed roots).")
+    dataset: str | None = Field(default=None, description="Dataset name override for every watched root.")
+    poll_interval_s: float = Field(default=2.0, description="Polling rescan interval (NFS/GPFS fallback).")
+    settle_s: float = Field(default=1.0, description="A file must keep its size/mtime this long to count as complete.")
+
+    max_in_flight: int = Field(default=2, ge=1, description="Messages one replica processes at once.")
+    ack_wait_s: float = Field(default=30.0, description="Redelivery timeout without heartbeat.")
+    max_deliver: int = Field(default=5, ge=2, description="Deliveries before a message is dead-lettered.")
+    nak_backoff_s: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
+    shutdown_grace_s: float = Field(default=25.0, description="On SIGTERM, time to finish in-flight work.")
+    max_image_bytes: int = Field(default=8 << 30, description="Refuse inputs whose header promises more than this.")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=0, description="Port for /metrics, /healthz, /readyz (0: pick a free one).")
+    log_level: str = "INFO"
