@@ -1,0 +1,60 @@
+"""Encode uint8 greyscale images as WebP or PNG bytes (Pillow), deterministically.
+
+Artifacts are content-addressed and a redelivered job must rewrite the same bytes (DESIGN.md,
+"Artifacts"), so every encoder setting that could change the output is pinned here rather
+than left to Pillow defaults: libwebp is deterministic for fixed settings and a single
+thread (Pillow does not enable libwebp's threading), and neither encoder writes a timestamp
+or metadata unless asked. Same input and same Pillow/libwebp/zlib versions -> same bytes.
+
+WebP has no greyscale mode: Pillow stores an ``L`` image as RGB with R = G = B, so a
+lossless WebP decodes back to exactly the input values (after ``convert("L")``).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+WEBP_METHOD = 4  # libwebp effort 0 (fast) .. 6 (small); 4 is libwebp's default, pinned here.
+PNG_COMPRESS_LEVEL = 6
+
+
+def _as_image(img: np.ndarray) -> Image.Image:
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or img.ndim != 2 or img.size == 0:
+        raise ValueError(f"expected a non-empty 2-D uint8 image, got {img.dtype} {img.shape}")
+    return Image.fromarray(np.ascontiguousarray(img))
+
+
+def webp_bytes(img: np.ndarray, *, lossless: bool = True, quality: int = 90) -> bytes:
+    """Encode a uint8 (h, w) image as WebP.
+
+    Args:
+        img: uint8 (h, w) greyscale image.
+        lossless: lossless WebP (default; exact pixels). ``False`` gives lossy VP8.
+        quality: 0..100; lossy: visual quality; lossless: compression effort.
+
+    Returns:
+        WebP file bytes (media type ``image/webp``).
+
+    Raises:
+        ValueError: not a 2-D uint8 image, or quality outside 0..100.
+    """
+    if not 0 <= quality <= 100:
+        raise ValueError(f"quality must be in 0..100, got {quality}")
+    buffer = io.BytesIO()
+    _as_image(img).save(buffer, format="WEBP", lossless=lossless, quality=quality, method=WEBP_METHOD, exact=False)
+    return buffer.getvalue()
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """Encode a uint8 (h, w) image as an 8-bit greyscale PNG (media type ``image/png``).
+
+    Raises:
+        ValueError: not a 2-D uint8 image.
+    """
+    buffer = io.BytesIO()
+    _as_image(img).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    return buffer.getvalue()
