@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     dataset: str | None = Field(default=None, description="Dataset name override for every watched root.")
     poll_interval_s: float = Field(default=2.0, description="Polling rescan interval (NFS/GPFS fallback).")
     settle_s: float = Field(default=1.0, description="A file must keep its size/mtime this long to count as complete.")
+    truncated_after_s: float = Field(
+        default=30.0, description="An MRC shorter than its header promises, unchanged this long, is refused as truncated."
+    )
 
     max_in_flight: int = Field(default=2, ge=1, description="Messages one replica processes at once.")
     ack_wait_s: float = Field(default=30.0, description="Redelivery timeout without heartbeat.")

@@ -76,7 +76,7 @@ async def connect_with_retry(
             await on_reconnect()
 
     async def _disconnected_cb() -> None:
-        log.warning("disconnected from nats")
+        log.info("disconnected from nats")
         if on_disconnect is not None:
             await on_disconnect()
 

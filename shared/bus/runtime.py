@@ -248,6 +248,7 @@ class ServiceRuntime:
         with event_context(env.id, env.correlation_id, env.type):
             try:
                 ctx = HandlerContext(self, env, asyncio.get_running_loop())
+                ctx.deliveries = deliveries
                 await asyncio.to_thread(handler, env, ctx)
                 await self._publish_pending(ctx, env)
                 await msg.ack()

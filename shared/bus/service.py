@@ -79,6 +79,7 @@ class HandlerContext:
         self._loop = loop
         self.event = event
         self.pending: list[PendingEvent] = []
+        self.deliveries = 1  # set by the runtime from the message metadata
         self.log = logging.getLogger(f"cryobus.{runtime.service.name}")
 
     @property
@@ -93,12 +94,38 @@ class HandlerContext:
     def store(self) -> ArtifactStore:
         return self._runtime.store
 
-    def emit(self, data: EventData, *, dedup_key: str | None = None) -> str:
-        """Queue a follow-up event; its id is derived from the cause, so a redelivery re-publishes the same id."""
-        key = dedup_key if dedup_key is not None else data.model_dump_json()
-        event_id = stable_event_id(self.event.id, data.event_type(), key)
+    def emit(self, data: EventData, *, dedup_key: str | None = None, event_id: str | None = None) -> str:
+        """Queue a follow-up event, published (with publish ack) before the message is acked.
+
+        Its id is derived from the cause and ``dedup_key`` (default: the payload), so a redelivered
+        message re-publishes the same id and the server drops the duplicate; ``event_id`` overrides
+        it (discovery ids are derived from content instead, see ingest).
+        """
+        if event_id is None:
+            key = dedup_key if dedup_key is not None else data.model_dump_json()
+            event_id = stable_event_id(self.event.id, data.event_type(), key)
         self.pending.append(PendingEvent(data, event_id))
         return event_id
+
+    def fail_item(self, reason: str, *, file: str | None, field: str | None = None, dataset: str | None = None) -> None:
+        """One item of a multi-item input is bad (e.g. one corrupt image of a job): announce a
+        ``<service>.failed`` event for it and carry on with the others."""
+        from cryobus.shared.events import ProcessingFailed
+
+        failed = ProcessingFailed(
+            service=self.service,
+            reason=reason,
+            file=file,
+            field=field,
+            error_class="permanent",
+            failed_event_id=self.event.id,
+            failed_event_type=self.event.type,
+            failed_subject=self.event.nats_subject,
+            deliveries=self.deliveries,
+            dataset=dataset,
+        )
+        self.pending.append(PendingEvent(failed, stable_event_id(self.event.id, "failed-item", file, field)))
+        self.log.warning("bad item: %s (file=%s field=%s)", reason, file, field)
 
     def put_artifact(
         self, key: str, data: bytes, *, media_type: str, role: str, dataset: str, inputs: list[str]
@@ -121,7 +148,9 @@ class HandlerContext:
             role=role,
             inputs=inputs,
         )
-        self.pending.append(PendingEvent(event, stable_event_id("artifact", self.store.url, stored.key, stored.sha256)))
+        # Announced at once (not at the end of the handler): the artifact exists now, and a
+        # preview's latency should not wait for the rest of the job. Same id on a rewrite.
+        self._publish_now(event, stable_event_id("artifact", self.store.url, stored.key, stored.sha256))
         return stored
 
     def report_missing(self, *, dataset: str, path: str, referenced_by: str, field: str | None = None) -> None:
@@ -129,6 +158,16 @@ class HandlerContext:
         event = InputMissing(dataset=dataset, path=str(path), referenced_by=str(referenced_by), field=field)
         self.pending.append(PendingEvent(event, stable_event_id("missing", dataset, str(path))))
         self.log.warning("referenced file missing: %s (referenced by %s, %s)", path, referenced_by, field)
+
+    def _publish_now(self, data: EventData, event_id: str) -> None:
+        env = Envelope.wrap(
+            data,
+            source=self._runtime.source,
+            id=event_id,
+            correlation_id=self.event.correlation_id,
+            causation_id=self.event.id,
+        )
+        self._call(self._runtime.publish_envelope(env))
 
     # --- the service's own key-value state (JetStream KV), bridged from the worker thread ---
 
