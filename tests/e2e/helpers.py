@@ -15,6 +15,7 @@ from typing import Any
 import mrcfile
 import nats
 import numpy as np
+from nats.js.errors import NotFoundError
 
 from cryobus.shared.bus.server import EmbeddedNatsServer
 from cryobus.summary import read_events
@@ -43,6 +44,8 @@ def events_from(url: str, subject: str = "cryobus.events.>") -> list[Any]:
         nc = await nats.connect(url)
         try:
             return await read_events(nc.jetstream(), 0, subject)
+        except NotFoundError:  # the run has not provisioned its streams yet
+            return []
         finally:
             await nc.close()
 
