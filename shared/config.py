@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     watch: list[Path] = Field(default_factory=list, description="Folders ingest watches (and the allowed roots).")
     dataset: str | None = Field(default=None, description="Dataset name override for every watched root.")
     poll_interval_s: float = Field(default=2.0, description="Polling rescan interval (NFS/GPFS fallback).")
-    settle_s: float = Field(default=1.0, description="A file must keep its size/mtime this long to count as complete.")
+    settle_s: float = Field(default=0.5, description="A file must keep its size/mtime this long to count as complete.")
     truncated_after_s: float = Field(
         default=30.0, description="An MRC shorter than its header promises, unchanged this long, is refused as truncated."
     )
