@@ -18,6 +18,11 @@ import numpy as np
 from PIL import Image
 
 WEBP_METHOD = 4  # libwebp effort 0 (fast) .. 6 (small); 4 is libwebp's default, pinned here.
+# For lossless WebP, `quality` is compression effort. Measured on 1024² previews (real Leginon
+# image / noise): 90 → 0.51 s / 1.00 s, 25 → 0.14 s / 0.05 s, files only ~1 % larger. Previews
+# are on the latency path, so lossless uses 25.
+LOSSLESS_EFFORT = 25
+LOSSY_QUALITY = 90
 PNG_COMPRESS_LEVEL = 6
 
 
@@ -28,13 +33,14 @@ def _as_image(img: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(img))
 
 
-def webp_bytes(img: np.ndarray, *, lossless: bool = True, quality: int = 90) -> bytes:
+def webp_bytes(img: np.ndarray, *, lossless: bool = True, quality: int | None = None) -> bytes:
     """Encode a uint8 (h, w) image as WebP.
 
     Args:
         img: uint8 (h, w) greyscale image.
         lossless: lossless WebP (default; exact pixels). ``False`` gives lossy VP8.
-        quality: 0..100; lossy: visual quality; lossless: compression effort.
+        quality: 0..100; lossy: visual quality (default 90); lossless: compression effort
+            (default :data:`LOSSLESS_EFFORT`).
 
     Returns:
         WebP file bytes (media type ``image/webp``).
@@ -42,6 +48,8 @@ def webp_bytes(img: np.ndarray, *, lossless: bool = True, quality: int = 90) -> 
     Raises:
         ValueError: not a 2-D uint8 image, or quality outside 0..100.
     """
+    if quality is None:
+        quality = LOSSLESS_EFFORT if lossless else LOSSY_QUALITY
     if not 0 <= quality <= 100:
         raise ValueError(f"quality must be in 0..100, got {quality}")
     buffer = io.BytesIO()

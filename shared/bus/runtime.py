@@ -188,34 +188,39 @@ class ServiceRuntime:
     # ------------------------------------------------------------------ consuming
 
     async def _fetch_loop(self, sub: Any) -> None:
+        """Pull as many messages as there are free slots (at least one), never more."""
         while not self._stop.is_set():
             await self._slots.acquire()
+            taken = 1
+            while taken < self.settings.max_in_flight and not self._slots.locked():
+                await self._slots.acquire()  # free slot: returns at once
+                taken += 1
             if self._stop.is_set():
-                self._slots.release()
+                self._release(taken)
                 return
             try:
-                msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+                msgs = await sub.fetch(taken, timeout=FETCH_TIMEOUT_S)
             except nats.errors.TimeoutError:
-                self._slots.release()
+                self._release(taken)
                 continue
             except asyncio.CancelledError:
-                self._slots.release()
+                self._release(taken)
                 raise
             except Exception as exc:  # noqa: BLE001 - disconnected, server restarting...
-                self._slots.release()
+                self._release(taken)
                 log.debug("fetch failed (%s); retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
-            if not msgs:
-                self._slots.release()
-                continue
-            for i, msg in enumerate(msgs):
-                if i > 0:
-                    await self._slots.acquire()
+            self._release(taken - len(msgs))
+            for msg in msgs:
                 task = asyncio.create_task(self._process(msg))
                 self._inflight[task] = msg
                 self.metrics.in_flight.labels(service=self.service.name).inc()
                 task.add_done_callback(self._done)
+
+    def _release(self, n: int) -> None:
+        for _ in range(n):
+            self._slots.release()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
