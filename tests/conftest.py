@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_fixtures import s3_client, s3_env, s3_prefix, s3_server  # noqa: F401  (shared fixtures)
+
 SHARED_DATA = Path(os.environ.get("CRYOBUS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -75,6 +77,7 @@ class ServiceRuntime:
         self._inflight: dict[asyncio.Task[None], Msg] = {}
         self._kv: dict[str, Any] = {}
         self.http: HealthServer | None = None
+        self._url_file: Path | None = None
 
     # ------------------------------------------------------------------ topology
 
@@ -124,7 +127,15 @@ class ServiceRuntime:
             self.metrics, host=self.settings.http_host, port=self.settings.http_port, ready=self.ready
         )
         port = self.http.start()
-        log.info("service %s: /metrics /healthz /readyz on http://%s:%d", self.service.name, self.settings.http_host, port)
+        url = f"http://{self.settings.http_host}:{port}"
+        log.info("service %s: /metrics /healthz /readyz on %s", self.service.name, url)
+        # Where `cryobus up` users (and tests) find a replica's endpoints when the port was picked at random.
+        self._url_file = Path(self.settings.state_dir) / "http" / f"{self.service.name}-{os.getpid()}.url"
+        try:
+            self._url_file.parent.mkdir(parents=True, exist_ok=True)
+            self._url_file.write_text(url + "\n")
+        except OSError:
+            self._url_file = None
 
         self.nc = await connect_with_retry(self.settings, f"cryobus-{self.service.name}", on_reconnect=self._on_reconnect)
         self.js = self.nc.jetstream()
@@ -152,6 +163,8 @@ class ServiceRuntime:
         except Exception:  # noqa: BLE001
             await self.nc.close()
         self.http.stop()
+        if self._url_file is not None:
+            self._url_file.unlink(missing_ok=True)
         log.info("service %s stopped", self.service.name)
 
     async def _finish_in_flight(self) -> None:
@@ -258,6 +271,7 @@ class ServiceRuntime:
                 await self._publish_pending(ctx, env)
                 await msg.ack()
                 self.metrics.events_processed.labels(**labels, outcome="ok").inc()
+                log.info("processed %s in %.3f s", env.type, time.perf_counter() - t0)
             except InputError as exc:
                 log.warning("bad input: %s", exc)
                 await self._dead_letter(msg, env, exc.reason, exc.file, exc.field, "permanent", deliveries)

@@ -1,4 +1,4 @@
-"""Fixtures for the artifact-store tests: moto's real S3 HTTP server on a loopback port."""
+"""Fixtures for tests that need S3: moto's real S3 HTTP server on a loopback port."""
 
 from __future__ import annotations
 
