@@ -22,6 +22,7 @@ import pandas as pd
 import starfile
 
 from cryobus.shared.errors import InputError
+from cryobus.shared.micrograph_names import micrograph_name as _normalised_name
 
 # Columns that hold names or paths: parsed as text so that a micrograph called "1" stays "1".
 _STRING_COLUMNS = [
@@ -88,15 +89,12 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], *, file: str | Pat
 
 
 def micrograph_name(path_or_relion_name: str) -> str:
-    """The prismPYP ``micrograph_name`` of a file: its name without directory and without its last extension.
+    """The normalised ``micrograph_name`` of a RELION micrograph path (``rlnMicrographName``).
 
-    ``MotionCorr/job002/Movies/20170629_00021_frameImage.mrc`` → ``20170629_00021_frameImage``;
-    ``a/b.frames.mrc`` → ``b.frames`` (only the last suffix goes, as prismPYP's nextPYP builder does
-    with ``Path.stem``); a name without extension is returned unchanged. Forward slashes are the
-    directory separator (RELION and CryoSPARC write POSIX paths). No other normalisation is done
-    (no CryoSPARC ``<uid>_`` prefix stripping, no ``_noDW``/``_PS`` handling).
+    ``MotionCorr/job002/Movies/20170629_00021_frameImage.mrc`` → ``20170629_00021_frameImage``.
+    One rule for every source: :func:`cryobus.shared.micrograph_names.micrograph_name`.
     """
-    return PurePosixPath(str(path_or_relion_name).strip()).stem
+    return _normalised_name(path_or_relion_name)
 
 
 def _select_block(blocks: Mapping[str, pd.DataFrame], wanted: str, *, file: str | Path) -> pd.DataFrame:
