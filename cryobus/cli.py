@@ -22,6 +22,8 @@ def _settings(args: argparse.Namespace, **extra: object):
         overrides["store_url"] = args.store
     if getattr(args, "watch", None):
         overrides["watch"] = [Path(w).resolve() for w in args.watch]
+    if getattr(args, "root", None):
+        overrides["roots"] = [Path(r).resolve() for r in args.root]
     if getattr(args, "dataset", None):
         overrides["dataset"] = args.dataset
     if getattr(args, "state_dir", None):
@@ -120,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run NATS and every service on this machine")
     common(up)
     up.add_argument("--watch", action="append", metavar="DIR", help="folder to watch (repeatable)")
+    up.add_argument("--root", action="append", metavar="DIR",
+                    help="folder `cryobus ingest` may read without watching it (repeatable)")
     up.add_argument("--dataset", help="dataset name for every watched folder (default: the folder's name)")
     up.add_argument("--services", help=f"comma-separated subset of {','.join(DEFAULT_SERVICES)}")
     up.add_argument("--replicas", action="append", metavar="SERVICE=N", help="replicas of a service (repeatable)")
@@ -131,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("service", choices=sorted(SERVICES))
     run.add_argument("--watch", action="append", metavar="DIR")
+    run.add_argument("--root", action="append", metavar="DIR")
     run.add_argument("--dataset")
     run.set_defaults(func=cmd_run)
 

@@ -102,6 +102,7 @@ class Supervisor:
                 "CRYOBUS_STORE_URL": s.store_url,
                 "CRYOBUS_STATE_DIR": str(Path(s.state_dir).resolve()),
                 "CRYOBUS_WATCH": json.dumps([str(Path(w).resolve()) for w in s.watch]),
+                "CRYOBUS_ROOTS": json.dumps([str(Path(r).resolve()) for r in s.roots]),
                 "CRYOBUS_HTTP_HOST": s.http_host,
                 "CRYOBUS_LOG_LEVEL": s.log_level,
             }

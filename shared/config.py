@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     store_url: str = Field(default="file://./cryobus-artifacts", description="Artifact store root URL.")
     state_dir: Path = Field(default=Path("./cryobus-state"), description="Local state: embedded NATS data, ingest ledger, logs.")
 
-    watch: list[Path] = Field(default_factory=list, description="Folders ingest watches (and the allowed roots).")
+    watch: list[Path] = Field(default_factory=list, description="Folders ingest watches (each is also an allowed root).")
+    roots: list[Path] = Field(
+        default_factory=list, description="Further folders ingest may read on request (`cryobus ingest PATH`) but does not watch."
+    )
     dataset: str | None = Field(default=None, description="Dataset name override for every watched root.")
     poll_interval_s: float = Field(default=2.0, description="Polling rescan interval (NFS/GPFS fallback).")
     settle_s: float = Field(default=0.5, description="A file must keep its size/mtime this long to count as complete.")

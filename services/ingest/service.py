@@ -36,9 +36,11 @@ service = Service(name="ingest")
 class Ingest:
     """Ingest's state in one replica: roots, stability tracker and ledger."""
 
-    def __init__(self, roots: list[Path], *, state_dir: Path, settle_s: float, truncated_after_s: float,
-                 dataset: str | None):
+    def __init__(self, watched: list[Path], *, state_dir: Path, settle_s: float, truncated_after_s: float,
+                 dataset: str | None, extra_roots: list[Path] = ()):
+        roots = [*watched, *extra_roots]
         self.allowed = AllowedRoots(roots) if roots else None
+        self.watched = [Path(w).resolve() for w in watched]
         self.tracker = StabilityTracker(settle_s)
         self.ledger = Ledger(Path(state_dir) / "ingest" / "ledger.sqlite")
         self.truncated_after_s = truncated_after_s
@@ -47,7 +49,7 @@ class Ingest:
     def scan(self, path: Path, dataset: str | None = None) -> ScanResult:
         """One scan of ``path`` (a root, or anything inside one)."""
         if self.allowed is None:
-            raise InputError("ingest has no configured roots (set --watch / CRYOBUS_WATCH)", file=str(path))
+            raise InputError("ingest has no configured roots (set --watch / --root)", file=str(path))
         root = self.allowed.root_of(path)
         name = dataset or dataset_name(root, self.dataset)
         return scan_tree(path, dataset=name, allowed=self.allowed, is_stable=self.tracker.is_stable)
@@ -113,7 +115,7 @@ def _ingest(rt) -> Ingest:
         s = rt.settings
         rt._ingest = Ingest(
             [Path(w) for w in s.watch], state_dir=s.state_dir, settle_s=s.settle_s,
-            truncated_after_s=s.truncated_after_s, dataset=s.dataset,
+            truncated_after_s=s.truncated_after_s, dataset=s.dataset, extra_roots=[Path(r) for r in s.roots],
         )
     return rt._ingest
 
@@ -124,10 +126,10 @@ async def watch_roots(rt) -> None:
     from cryobus.services.ingest.watcher import FolderWatcher
 
     ingest = _ingest(rt)
-    if ingest.allowed is None:
+    if not ingest.watched:
         log.info("no folders to watch; serving `cryobus ingest` requests only")
         return
-    roots = list(ingest.allowed.roots)
+    roots = list(ingest.watched)
     loop = asyncio.get_running_loop()
     dirty: set[Path] = set(roots)
     wake = asyncio.Event()

@@ -246,3 +246,42 @@ def test_initial_connect_is_retried_until_the_server_comes_up(tmp_path):
     finally:
         timer.join()
         server.stop()
+
+
+def test_replicas_share_one_durable_consumer_and_split_the_work(nats_server, tmp_path):
+    attempts.clear()
+    seen_by: dict[str, set[str]] = {"a": set(), "b": set()}
+
+    def replica(tag: str) -> Service:
+        svc = Service(name="toy")
+
+        @svc.handler(ExposureDiscovered)
+        def handle(event, ctx) -> None:
+            with attempts_lock:
+                attempts[event.data.micrograph_name] += 1
+                seen_by[tag].add(event.data.micrograph_name)
+            time.sleep(0.05)
+
+        return svc
+
+    async def main():
+        settings = settings_for(nats_server, tmp_path, max_in_flight=1)
+        a, b = ServiceRuntime(replica("a"), settings), ServiceRuntime(replica("b"), settings)
+        tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+        await wait_for(lambda: asyncio.sleep(0, a.ready()[0] and b.ready()[0]))
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        for i in range(40):
+            await publish(js, exposure(f"mic_{i:03d}"))
+        assert await wait_for(lambda: _consumer_done(js), 30)
+        consumers = await js.consumers_info(EVENTS_STREAM)
+        a.request_stop()
+        b.request_stop()
+        await asyncio.gather(*tasks)
+        await nc.close()
+        return consumers
+
+    consumers = asyncio.run(main())
+    assert [c.name for c in consumers] == ["toy"]  # one durable, shared
+    assert sorted(attempts) == [f"mic_{i:03d}" for i in range(40)] and set(attempts.values()) == {1}
+    assert seen_by["a"] and seen_by["b"]  # both replicas did some of the work
