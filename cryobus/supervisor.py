@@ -219,7 +219,7 @@ class Supervisor:
                         if durable == name and load_service(name).subjects("event"):
                             return False, seq
                         continue
-                    if info.num_pending or info.num_ack_pending or info.num_redelivered and info.num_ack_pending:
+                    if info.num_pending or info.num_ack_pending:
                         return False, seq
             return True, seq
         except Exception as exc:  # noqa: BLE001 - e.g. server restarting: not idle
