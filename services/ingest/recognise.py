@@ -27,6 +27,16 @@ One pass over a folder tree (:func:`scan_tree`) sorts what it meets into:
   ``class_averages`` from the file name; ``files["cs"]`` is the highest iteration
   (``J<n>_<iii>_<name>.cs``) or the plain output, ``files["passthrough_cs"]`` the
   ``J<n>_passthrough_<name>.cs`` beside it; class averages also give ``files["mrc"]``.
+  A job's ``ctffind_output/`` folder (CryoSPARC's CTFFIND4 job) is announced as CTFFIND outputs
+  (below), with the job folder as ``job_dir``.
+* **CryoSPARC exports** ``<project>/exports/groups/<group>/<name>_exported.cs``: one
+  :class:`JobDiscovered` per file, ``job_type`` ``exposures`` / ``particles`` from the name,
+  ``files["cs"]``; ``project_dir`` is ``<project>``. The group folder is not scanned further.
+* **CTFFIND outputs**: a folder holding CTFFIND result files (``*.txt`` starting with
+  ``# Output from CTFFind``; ``*_avrot.txt`` profiles do not count): one :class:`JobDiscovered`
+  (``software`` ``ctffind``, ``job_type`` ``ctffind_outputs``, ``files["dir"]``) once every result
+  file is stable. The diagnostic image ``X.mrc`` of a result ``X.txt`` is not an exposure; other
+  files of the folder are scanned as usual.
 * **NextPYP**: a folder with a ``pkl/`` folder of ``*.pkl`` files, one :class:`JobDiscovered`
   (``job_type`` ``pkl``, ``files["pkl_dir"]``). As for RELION, the rest of that folder is
   NextPYP's own and is not scanned for exposures.
@@ -85,6 +95,10 @@ _CLASS2D_DATA = re.compile(r"^(run(?:_ct\d+)?_it(\d+))_data\.star$")
 _CRYOSPARC_JOB_DIR = re.compile(r"^J(\d+)$")
 # J12_passthrough_particles.cs, J12_020_class_averages.cs, J3_exposures_accepted.cs
 _CRYOSPARC_CS = re.compile(r"^J(\d+)_(?:(\d+)_)?(passthrough_)?([A-Za-z][\w]*)\.cs$")
+_EXPORTED_CS_SUFFIX = "_exported.cs"
+# CryoSPARC's CTFFIND4 job writes CTFFIND's own outputs into this folder of the job.
+CRYOSPARC_CTFFIND_DIR = "ctffind_output"
+_CTFFIND_MAGIC = b"# output from ctffind"
 
 # read_header's fields that no amount of waiting can fix (see shared/formats/mrc.py).
 _PERMANENT_MRC_FIELDS = frozenset({"map", "mode", "nsymbt"})
@@ -359,6 +373,60 @@ class _Scan:
                     fingerprint=fingerprint(files.values()),
                 )
             )
+        ctffind_dir = job_dir / CRYOSPARC_CTFFIND_DIR
+        if ctffind_dir.is_dir() and not ctffind_dir.is_symlink():
+            try:
+                names = sorted(os.listdir(ctffind_dir))
+            except OSError as exc:
+                self.refuse(ctffind_dir, f"unreadable folder: {exc.strerror}")
+                return
+            self.ctffind_outputs(ctffind_dir, names, project_dir=job_dir.parent, job_dir=job_dir)
+
+    def cryosparc_export(self, group_dir: Path, names: list[str]) -> None:
+        """``exports/groups/<group>/<name>_exported.cs``: exposures and particles groups."""
+        for name in names:
+            job_type = _cryosparc_job_type(name[: -len(_EXPORTED_CS_SUFFIX)])
+            if job_type not in ("exposures", "particles"):
+                continue
+            ready = self.ready(group_dir / name)
+            if ready is None:
+                continue
+            self.emit(
+                JobDiscovered(
+                    dataset=self.result.dataset,
+                    software="cryosparc",
+                    job_type=job_type,
+                    project_dir=str(group_dir.parent.parent.parent),
+                    job_dir=str(group_dir),
+                    files={"cs": str(ready[0])},
+                    fingerprint=fingerprint([ready]),
+                )
+            )
+
+    # -- CTFFIND ---------------------------------------------------------------------------
+    def ctffind_outputs(self, folder: Path, filenames: Iterable[str], *, project_dir: Path, job_dir: Path) -> set[str]:
+        """Announce ``folder``'s CTFFIND result files, once all are stable.
+
+        Returns:
+            The stems of the result files (their diagnostic images are not exposures).
+        """
+        results = [folder / n for n in filenames if _is_ctffind_result(folder / n)]
+        if not results:
+            return set()
+        ready = [self.ready(p) for p in results]
+        if all(r is not None for r in ready):
+            self.emit(
+                JobDiscovered(
+                    dataset=self.result.dataset,
+                    software="ctffind",
+                    job_type="ctffind_outputs",
+                    project_dir=str(project_dir),
+                    job_dir=str(job_dir),
+                    files={"dir": str(folder)},
+                    fingerprint=fingerprint(r for r in ready if r is not None),
+                )
+            )
+        return {p.stem for p in results}
 
     # -- NextPYP ---------------------------------------------------------------------------
     def nextpyp(self, folder: Path) -> None:
@@ -438,6 +506,22 @@ def _is_cryosparc_job(folder: Path, filenames: Iterable[str]) -> bool:
     return any(n == "job.json" or (n.startswith(prefix) and n.endswith(".cs")) for n in filenames)
 
 
+def _is_ctffind_result(path: Path) -> bool:
+    """A CTFFIND result summary: ``*.txt`` (not ``*_avrot.txt``) whose first line is CTFFIND's banner."""
+    name = path.name.lower()
+    if not name.endswith(".txt") or name.endswith("_avrot.txt") or _hidden_or_temp(path.name):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_CTFFIND_MAGIC)).lower() == _CTFFIND_MAGIC
+    except OSError:
+        return False
+
+
+def _is_cryosparc_export_group(folder: Path) -> bool:
+    return folder.parent.name == "groups" and folder.parent.parent.name == "exports"
+
+
 def _has_pkl(folder: Path) -> bool:
     try:
         return any(n.endswith(".pkl") and not _hidden_or_temp(n) for n in os.listdir(folder))
@@ -514,10 +598,19 @@ def scan_tree(
             scan.cryosparc_job(folder, filenames)
             dirnames[:] = []
             continue
+        if _is_cryosparc_export_group(folder):
+            exported = [n for n in filenames if n.endswith(_EXPORTED_CS_SUFFIX) and not _hidden_or_temp(n)]
+            if exported:
+                scan.cryosparc_export(folder, exported)
+                dirnames[:] = []
+                continue
         if "pkl" in dirnames and _has_pkl(folder / "pkl"):
             scan.nextpyp(folder)
             dirnames[:] = []
             continue
+        diagnostics = scan.ctffind_outputs(folder, filenames, project_dir=folder, job_dir=folder)
         for name in filenames:
+            if Path(name).stem in diagnostics:
+                continue  # CTFFIND's diagnostic image of a result in this folder, not an exposure
             scan.exposure(folder / name)
     return scan.result

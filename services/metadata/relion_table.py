@@ -3,8 +3,9 @@ write nothing, touch no bus or store).
 
 Sources: CtfFind ``micrographs_ctf.star`` (CTF columns), MotionCorr ``corrected_micrographs.star``
 plus per-micrograph motion STARs (``avg_motion``), Extract/Refine ``particles.star``
-(``num_particles``). Each source gives a frame keyed by ``micrograph_name``; :func:`merge_sources`
-joins them by name (never by row position, unlike prismPYP's cryoSPARC builder). Column meanings,
+(``num_particles``). Each source gives a frame keyed by ``micrograph_name``;
+:func:`cryobus.services.metadata.table.merge_partials` joins them (with those of other software) by
+name, never by row position, unlike prismPYP's cryoSPARC builder. Column meanings,
 units and what NaN means: docs/metadata-columns.md.
 """
 
@@ -16,6 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cryobus.services.metadata.table import (  # noqa: F401  (COLUMNS etc. re-exported for callers)
+    COLUMNS,
+    CTF_FIT_CTFFIND_CC,
+    CTF_FIT_RELION_FOM,
+    EXTRA_COLUMNS,
+    PRISMPYP_COLUMNS,
+    RELION_CTF,
+    RELION_MOTION,
+    RELION_PARTICLES,
+    Partial,
+    merge_partials,
+)
 from cryobus.shared.errors import InputError
 from cryobus.shared.formats.ctffind import diagnostic_image_path, read_ctffind_txt
 from cryobus.shared.formats.relion_motion import read_motion_star
@@ -27,45 +40,10 @@ from cryobus.shared.formats.star import (
     require_columns,
 )
 
-# prismPYP's nextPYP column order first (consumers that read by position keep working), then cryobus extras.
-PRISMPYP_COLUMNS = [
-    "micrograph_name",
-    "rel_ice_thickness",
-    "ctf_fit",
-    "est_resolution",
-    "avg_motion",
-    "num_particles",
-    "mean_defocus",
-]
-EXTRA_COLUMNS = [
-    "defocus_u_A",
-    "defocus_v_A",
-    "defocus_angle_deg",
-    "ctf_fit_source",
-    "motion_source",
-    "pixel_size_A",
-]
-COLUMNS = PRISMPYP_COLUMNS + EXTRA_COLUMNS
-
-# Values of ctf_fit_source / motion_source.
-CTF_FIT_RELION_FOM = "relion_figure_of_merit"
-CTF_FIT_CTFFIND_CC = "ctffind_cross_correlation"
+# Values of motion_source (ctf_fit_source values live in table.py).
 MOTION_FROM_MOTION_STAR = "relion_motion_star"
 MOTION_FROM_ACCUM_TOTAL = "relion_accum_motion_total"
 MOTION_UNAVAILABLE = "unavailable"
-
-_FLOAT_COLUMNS = [
-    "rel_ice_thickness",
-    "ctf_fit",
-    "est_resolution",
-    "avg_motion",
-    "mean_defocus",
-    "defocus_u_A",
-    "defocus_v_A",
-    "defocus_angle_deg",
-    "pixel_size_A",
-]
-_TEXT_COLUMNS = ["ctf_fit_source", "motion_source"]
 
 
 def _names(df: pd.DataFrame, *, file: str | Path) -> pd.Series:
@@ -243,58 +221,21 @@ def particle_counts(particles_star_path: str | Path) -> pd.DataFrame:
     )
 
 
-def _keyed(df: pd.DataFrame, what: str) -> pd.DataFrame:
-    if "micrograph_name" not in df.columns:
-        raise ValueError(f"{what} frame has no micrograph_name column")
-    # Names are text even if a round trip (JSON, CSV) turned "1" into 1.
-    df = df.assign(micrograph_name=df["micrograph_name"].astype(str))
-    dup = df.loc[df["micrograph_name"].duplicated(), "micrograph_name"]
-    if not dup.empty:
-        raise InputError(
-            f"micrograph_name {dup.iloc[0]!r} occurs more than once in the {what} source", field="micrograph_name"
-        )
-    return df.set_index("micrograph_name")
-
-
 def merge_sources(
     ctf: pd.DataFrame | None,
     motion: pd.DataFrame | None,
     particles: pd.DataFrame | None,
 ) -> pd.DataFrame:
-    """Join the per-source frames into the metadata table.
+    """Join the RELION per-source frames into the metadata table (:func:`table.merge_partials` with
+    the sources ``relion.ctf``, ``relion.motion``, ``relion.particles``).
 
-    Outer join on ``micrograph_name`` (a micrograph known to any source gets a row), sorted by
-    ``micrograph_name`` (Python code-point order), columns exactly :data:`COLUMNS`.
-
-    * A column a source does not provide, or a micrograph a source does not cover, is NaN.
-    * ``pixel_size_A``: the CTF source's value, else the motion source's.
-    * ``rel_ice_thickness``: always NaN (RELION estimates no ice thickness; prismPYP's constant 1 is
-      not reproduced).
-    * ``num_particles`` (nullable Int64): when a particles source is given, 0 for micrographs it does
-      not list (they had no particles extracted); when none is given, NA (unknown).
+    Outer join on ``micrograph_name``, sorted by ``micrograph_name``, columns exactly :data:`COLUMNS`.
+    ``pixel_size_A`` is the CTF source's value, else the motion source's; ``rel_ice_thickness`` is
+    always NaN (RELION estimates no ice thickness); ``num_particles`` (nullable Int64) is 0 for
+    micrographs a given particles source does not list and NA when no particles source is given.
 
     Raises:
         InputError: a frame lists a micrograph_name twice. ValueError: a frame without micrograph_name.
     """
-    given = {"ctf": ctf, "motion": motion, "particles": particles}
-    sources = [_keyed(frame, what) for what, frame in given.items() if frame is not None]
-    names = sorted(set().union(*(s.index for s in sources))) if sources else []
-    table = pd.DataFrame(index=pd.Index(names, name="micrograph_name", dtype=object))
-    for src in sources:
-        for col in src.columns:
-            if col not in COLUMNS or col == "micrograph_name":
-                continue
-            values = src[col].reindex(table.index)
-            table[col] = values if col not in table.columns else table[col].combine_first(values)
-
-    for col in _FLOAT_COLUMNS:
-        table[col] = pd.to_numeric(table[col], errors="coerce").astype(float) if col in table.columns else np.nan
-    for col in _TEXT_COLUMNS:
-        table[col] = table[col].astype(object).where(table[col].notna(), None) if col in table.columns else None
-    if particles is not None:
-        table["num_particles"] = table["num_particles"].fillna(0).astype("Int64")
-    else:
-        table["num_particles"] = pd.array([pd.NA] * len(table), dtype="Int64")
-    out = table.reset_index()
-    out["micrograph_name"] = out["micrograph_name"].astype(object)
-    return out[COLUMNS]
+    given = ((RELION_CTF, ctf), (RELION_MOTION, motion), (RELION_PARTICLES, particles))
+    return merge_partials([Partial(source, frame, file="") for source, frame in given if frame is not None]).table

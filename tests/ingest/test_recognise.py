@@ -277,6 +277,97 @@ def test_cryosparc_iterated_particles_come_with_their_passthrough(tmp_path):
     assert by_type["exposures"].files == {"cs": str(job / "J7_exposures_accepted.cs")}
 
 
+CTFFIND_MOVIES = "Conecsion__sppractice/CtfFind/job005/Movies"
+
+
+def _ctffind_outputs(folder: Path, shared_data: Path, prefix: str = "") -> list[Path]:
+    """The real CTFFIND 4.1.14 result, profile and diagnostic files of two micrographs, copied into folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for mic in ("20170629_00021_frameImage_PS", "20170629_00022_frameImage_PS"):
+        for suffix in (".txt", "_avrot.txt"):
+            out.append(folder / f"{prefix}{mic}{suffix}")
+            shutil.copy2(shared_data / CTFFIND_MOVIES / f"{mic}{suffix}", out[-1])
+    return out
+
+
+def test_cryosparc_ctffind_job_announces_its_ctffind_output_folder(shared_data, tmp_path):
+    job = tmp_path / "P3" / "J3"
+    job.mkdir(parents=True)
+    (job / "job.json").write_text('{"uid": "J3"}')
+    _cs(job / "J3_exposures_success.cs", 2)
+    _ctffind_outputs(job / "ctffind_output", shared_data, prefix="123456789012345_")
+    for p in job.rglob("*"):
+        _age(p)
+    result = _scan(tmp_path)
+    by_type = {d.job_type: d for d in result.found}
+    assert set(by_type) == {"exposures", "ctffind_outputs"}
+    ctf = by_type["ctffind_outputs"]
+    assert (ctf.software, ctf.job_dir, ctf.project_dir) == ("ctffind", str(job), str(job.parent))
+    assert ctf.files == {"dir": str(job / "ctffind_output")}
+    assert discovery_id(ctf) != discovery_id(by_type["exposures"])
+
+
+def test_plain_ctffind_folder_and_its_diagnostic_images(shared_data, tmp_path):
+    run = tmp_path / "ctffind_run"
+    _ctffind_outputs(run, shared_data)
+    # CTFFIND run by hand: diagnostic x_PS.mrc beside x_PS.txt is not an exposure; a micrograph is
+    shutil.copy2(shared_data / MICROGRAPH, run / "20170629_00021_frameImage_PS.mrc")
+    shutil.copy2(shared_data / MICROGRAPH, run / "20170629_00021_frameImage.mrc")
+    (run / "notes.txt").write_text("not a CTFFIND result")
+    for p in run.iterdir():
+        _age(p)
+    result = _scan(tmp_path)
+    jobs = [d for d in result.found if isinstance(d, JobDiscovered)]
+    exposures = [d for d in result.found if isinstance(d, ExposureDiscovered)]
+    assert len(jobs) == 1
+    assert (jobs[0].software, jobs[0].job_type, jobs[0].files) == ("ctffind", "ctffind_outputs", {"dir": str(run)})
+    assert [Path(e.path).name for e in exposures] == ["20170629_00021_frameImage.mrc"]
+
+
+def test_ctffind_folder_waits_for_every_result_file(shared_data, tmp_path):
+    run = tmp_path / "ctffind_run"
+    files = _ctffind_outputs(run, shared_data)
+    for p in files:
+        _age(p)
+    tracker = StabilityTracker(settle_s=30)
+    assert [d.job_type for d in _scan(tmp_path, tracker).found] == ["ctffind_outputs"]
+    os.utime(files[2])  # the second micrograph's result is being rewritten: fresh mtime
+    assert _scan(tmp_path, StabilityTracker(settle_s=30)).found == []
+
+
+def test_a_folder_of_only_ctffind_profiles_is_not_a_ctffind_job(shared_data, tmp_path):
+    run = tmp_path / "profiles"
+    for p in _ctffind_outputs(run, shared_data):
+        if not p.name.endswith("_avrot.txt"):
+            p.unlink()
+        else:
+            _age(p)
+    assert _scan(tmp_path).found == []
+
+
+def test_cryosparc_exported_groups(tmp_path):
+    project = tmp_path / "P3"
+    exposures = project / "exports" / "groups" / "J4_exposures_accepted"
+    particles = project / "exports" / "groups" / "J9_particles_selected"
+    exposures.mkdir(parents=True)
+    particles.mkdir(parents=True)
+    _cs(exposures / "J4_exposures_accepted_exported.cs", 3)
+    _cs(particles / "J9_particles_selected_exported.cs", 5)
+    # the exported micrographs are CryoSPARC's own files, not plain exposures
+    (exposures / "J2" / "motioncorrected").mkdir(parents=True)
+    _class_mrc(exposures / "J2" / "motioncorrected" / "123456789012345_mic_1_patch_aligned_doseweighted.mrc")
+    for p in project.rglob("*"):
+        _age(p)
+    result = _scan(tmp_path)
+    by_type = {d.job_type: d for d in result.found}
+    assert set(by_type) == {"exposures", "particles"}
+    assert all(isinstance(d, JobDiscovered) and d.software == "cryosparc" for d in result.found)
+    assert by_type["exposures"].files == {"cs": str(exposures / "J4_exposures_accepted_exported.cs")}
+    assert by_type["exposures"].project_dir == str(project)
+    assert by_type["particles"].job_dir == str(particles)
+
+
 # -- NextPYP (synthetic: no real pyp .pkl exists in the shared data) ---------------------
 
 

@@ -1,0 +1,425 @@
+"""prismPYP's metadata columns from NextPYP per-micrograph ``.pkl`` files (pure functions: they read
+files, write nothing, touch no bus or store).
+
+NextPYP layout (``pyp/inout/metadata/pyp_metadata.py``, ``LocalMetadata.write``: a ``pickle.dump``
+of a dict; /work/shared/reference/prismpyp-metadata.md §1.2): ``pkl/<micrograph>.pkl`` holds
+
+* ``'ctf'``: DataFrame, one column ``ctf``, 14 rows indexed ``mean_df, cc, DF1, DF2, ANGAST, ccc, x,
+  y, z, pixel_size, voltage, magnification, cccc, counts`` (CTFFIND: defocus 1/2 Å, astigmatism
+  azimuth °, cross-correlation, fit resolution Å; ``pixel_size`` Å/px of the frame average);
+* ``'drift'``: DataFrame ``m00, m01, m02, m03, dx, dy``, one row per movie frame (IMOD ``.xf``;
+  ``dx, dy`` = translation of each frame in pixels);
+* ``'box'`` (only when particle picking ran): DataFrame ``x, y, Xsize, Ysize, inside, selection``.
+
+Trust model. NextPYP writes these files on the facility's own storage, but a watched folder can be
+written by any user, so a pkl is *untrusted input*: ``pickle.load`` would run any callable the file
+names. :func:`load_pkl` therefore uses an unpickler whose ``find_class`` resolves only the globals in
+:data:`ALLOWED_GLOBALS` (numpy array/dtype/scalar reconstruction, pandas DataFrame/Series/Index/
+RangeIndex/BlockManager rebuilding, pandas 3 Arrow-backed strings, ``slice``/``bytearray``/
+``_codecs.encode``) and refuses every other global — ``os.system``, ``builtins.eval``,
+``subprocess.Popen``, ``copyreg._reconstructor`` … — before it is resolved, so it is never called.
+None of the allowed globals can run code, import a module, or touch files; what remains possible is
+a well-formed but absurd array (memory), bounded by :data:`MAX_PKL_BYTES` for in-band data.
+Arrow arrays rebuilt from a pickle are fully validated before pandas sees them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import math
+import pickle
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cryobus.services.metadata.relion_table import MOTION_UNAVAILABLE
+from cryobus.services.metadata.table import COLUMNS, CTF_FIT_CTFFIND_CC, FLOAT_COLUMNS, NEXTPYP_PKL, Partial
+from cryobus.shared.errors import InputError, TransientError
+from cryobus.shared.micrograph_names import micrograph_name
+
+MOTION_FROM_NEXTPYP_DRIFT = "nextpyp_drift"
+
+# A NextPYP pkl is a few KiB to a few MiB (ctf_avrot profiles dominate); anything larger is not one.
+MAX_PKL_BYTES = 256 * 1024 * 1024
+
+# |mean_df − (DF1 + DF2)/2| above this (Å) means the ctf frame contradicts itself (NextPYP writes
+# mean_df = (df1 + df2)/2 from the same CTFFIND numbers, pyp/ctf/core.py).
+MEAN_DF_TOLERANCE_A = 0.5
+
+
+def _validated_arrow_array(data: Any) -> Any:
+    """pyarrow's own unpickle helper, followed by a full validation: a crafted offsets buffer
+    must fail here, not read out of bounds later."""
+    from pyarrow.lib import _restore_array
+
+    array = _restore_array(data)
+    array.validate(full=True)
+    return array
+
+
+# (module, name) as written in the pickle → (module, attribute) actually resolved, or a callable.
+# Found by recording find_class on NextPYP-like dicts (ctf/drift/box/image/ctf_avrot frames, Series,
+# numpy scalars) pickled with protocols 2-5 by pandas 2.2/numpy 1.26 (NextPYP's era) and by the
+# installed pandas 3/numpy 2; the pandas 2 / numpy 1 spellings are aliases of the current objects.
+_TARGETS: dict[tuple[str, str], tuple[str, str] | Callable[..., Any]] = {
+    # builtins used by array/BlockPlacement reconstruction (protocol 2 spells them __builtin__).
+    ("builtins", "slice"): ("builtins", "slice"),
+    ("builtins", "bytearray"): ("builtins", "bytearray"),
+    ("_codecs", "encode"): ("_codecs", "encode"),  # protocol 2 bytes
+    # numpy arrays, dtypes, scalars
+    ("numpy", "dtype"): ("numpy", "dtype"),
+    ("numpy", "ndarray"): ("numpy", "ndarray"),
+    ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"): ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+    # pandas frames, series, indexes and their block managers
+    ("pandas", "DataFrame"): ("pandas", "DataFrame"),
+    ("pandas", "Series"): ("pandas", "Series"),
+    ("pandas", "Index"): ("pandas", "Index"),
+    ("pandas", "RangeIndex"): ("pandas", "RangeIndex"),
+    ("pandas.core.indexes.base", "_new_Index"): ("pandas.core.indexes.base", "_new_Index"),
+    ("pandas._libs.internals", "_unpickle_block"): ("pandas._libs.internals", "_unpickle_block"),
+    ("pandas.core.internals.managers", "BlockManager"): ("pandas.core.internals.managers", "BlockManager"),
+    ("pandas.core.internals.managers", "SingleBlockManager"): (
+        "pandas.core.internals.managers",
+        "SingleBlockManager",
+    ),
+    # pandas 3 strings (the ctf frame's index) are Arrow-backed when pyarrow is installed
+    ("pandas", "StringDtype"): ("pandas", "StringDtype"),
+    ("pandas.arrays", "ArrowStringArray"): ("pandas.arrays", "ArrowStringArray"),
+    ("pyarrow.lib", "type_for_alias"): ("pyarrow.lib", "type_for_alias"),
+    ("pyarrow.lib", "py_buffer"): ("pyarrow.lib", "py_buffer"),
+    ("pyarrow.lib", "_restore_array"): _validated_arrow_array,
+}
+_ALIASES: dict[tuple[str, str], tuple[str, str]] = {
+    ("__builtin__", "slice"): ("builtins", "slice"),
+    ("__builtin__", "bytearray"): ("builtins", "bytearray"),
+    ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"): ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),
+    ("pandas.core.frame", "DataFrame"): ("pandas", "DataFrame"),
+    ("pandas.core.series", "Series"): ("pandas", "Series"),
+    ("pandas.core.indexes.base", "Index"): ("pandas", "Index"),
+    ("pandas.core.indexes.range", "RangeIndex"): ("pandas", "RangeIndex"),
+}
+
+#: Every (module, name) a pkl may reference, in the spelling found in pickles.
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(_TARGETS) | frozenset(_ALIASES)
+
+
+_RESOLVED: dict[tuple[str, str], Any] = {}
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.qualname = f"{module}.{name}"
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only :data:`ALLOWED_GLOBALS`; never imports a module the pickle names."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = _ALIASES.get((module, name), (module, name))
+        target = _TARGETS.get(key)
+        if target is None:
+            raise _ForbiddenGlobal(module, name)
+        if callable(target):
+            return target
+        resolved = _RESOLVED.get(key)
+        if resolved is None:
+            resolved = _RESOLVED[key] = getattr(importlib.import_module(target[0]), target[1])
+        return resolved
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are not allowed")
+
+
+def load_pkl(path: str | Path) -> dict:
+    """Read a NextPYP ``.pkl`` with the restricted unpickler (see the module docstring).
+
+    Args:
+        path: the ``.pkl`` file.
+
+    Returns:
+        The pickled dict (keys ``'ctf'``, ``'drift'``, ``'box'``, … mapping to DataFrames).
+
+    Raises:
+        InputError: ``file`` = ``path``. The file is missing or larger than :data:`MAX_PKL_BYTES`;
+            the pickle names a global outside :data:`ALLOWED_GLOBALS` (``field='pickle'``, the reason
+            names the global, e.g. ``forbidden global posix.system``); it is not a pickle, is
+            truncated or does not rebuild (``field='pickle'``); its top-level object is not a dict.
+        TransientError: the file exists but could not be read (I/O error other than not-found).
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_PKL_BYTES:
+            raise InputError(f"pkl is {size} bytes, more than {MAX_PKL_BYTES}", file=str(p), field="pickle")
+        data = p.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise InputError(f"pkl file not readable: {exc.strerror}", file=str(p)) from exc
+    except OSError as exc:
+        raise TransientError(f"cannot read {p}: {exc}") from exc
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data)).load()
+    except _ForbiddenGlobal as exc:
+        raise InputError(f"forbidden global {exc.qualname} in pickle", file=str(p), field="pickle") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to rebuild untrusted bytes is bad input
+        raise InputError(
+            f"not a readable pickle ({type(exc).__name__}: {exc})", file=str(p), field="pickle"
+        ) from None
+    if not isinstance(obj, dict):
+        raise InputError(f"pickle holds a {type(obj).__name__}, expected a dict", file=str(p), field="pickle")
+    return obj
+
+
+def _frame(data: dict, key: str, *, file: str) -> pd.DataFrame | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, pd.DataFrame):
+        raise InputError(f"'{key}' is a {type(value).__name__}, expected a DataFrame", file=file, field=key)
+    return value
+
+
+def _ctf_values(ctf: pd.DataFrame, *, file: str) -> dict[str, Any]:
+    """``{row label: value}`` of the ``ctf`` column (else the first column), as prismPYP's
+    ``ctf.loc[ROW].values[0]``; one pass instead of a ``.loc`` per row."""
+    columns = [str(c) for c in ctf.columns.tolist()]
+    if not columns:
+        raise InputError("ctf frame has no column", file=file, field="ctf")
+    column = ctf.to_numpy()[:, columns.index("ctf") if "ctf" in columns else 0]
+    labels = [str(label) for label in ctf.index.tolist()]
+    if len(set(labels)) != len(labels):
+        dup = next(label for label in labels if labels.count(label) > 1)
+        raise InputError(f"ctf frame has '{dup}' more than once", file=file, field=f"ctf.{dup}")
+    return dict(zip(labels, column.tolist()))
+
+
+def _ctf_value(values: dict[str, Any], row: str, *, file: str, required: bool = True) -> float:
+    """``values[row]`` as float; NaN when optional and absent."""
+    if row not in values:
+        if required:
+            raise InputError(f"ctf frame has no '{row}' row", file=file, field=f"ctf.{row}")
+        return math.nan
+    try:
+        return float(values[row])
+    except (TypeError, ValueError):
+        raise InputError(f"ctf '{row}' is not a number: {values[row]!r}", file=file, field=f"ctf.{row}") from None
+
+
+def _numeric_columns(frame: pd.DataFrame, wanted: tuple[str, ...], *, file: str, key: str) -> list[np.ndarray]:
+    """The ``wanted`` columns of ``frame`` as float64 arrays (plain numpy: ``frame[col]`` costs
+    ~0.1 ms per call, and a table build reads 10,000 pkls)."""
+    names = [str(c) for c in frame.columns.tolist()]
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise InputError(f"{key} frame has no '{missing[0]}' column", file=file, field=f"{key}.{missing[0]}")
+    values = frame.to_numpy()
+    out = []
+    for col in wanted:
+        try:
+            out.append(np.asarray(values[:, names.index(col)], dtype=np.float64))
+        except (TypeError, ValueError):
+            raise InputError(f"{key} '{col}' holds non-numbers", file=file, field=f"{key}.{col}") from None
+    return out
+
+
+def _mean_frame_displacement(drift: pd.DataFrame, *, file: str) -> float:
+    """mean_i sqrt((dx[i+1]−dx[i])² + (dy[i+1]−dy[i])²) in pixels; NaN with fewer than 2 frames."""
+    dx, dy = _numeric_columns(drift, ("dx", "dy"), file=file, key="drift")
+    if len(dx) < 2:
+        return math.nan
+    return float(np.hypot(np.diff(dx), np.diff(dy)).mean())
+
+
+def _particle_count(box: pd.DataFrame, *, file: str, extract_cls: int) -> int:
+    inside, selection = _numeric_columns(box, ("inside", "selection"), file=file, key="box")
+    return int(np.count_nonzero((inside == 1) & (selection >= extract_cls)))
+
+
+def pkl_row(path: str | Path, *, extract_cls: int = 0) -> dict[str, Any]:
+    """One metadata-table row from one NextPYP ``.pkl``.
+
+    Mapping (units: Å, Å/px; prismPYP's builder: reference §1.4; docs/metadata-sources.md):
+
+    * ``micrograph_name`` = :func:`~cryobus.shared.micrograph_names.micrograph_name` of the file name
+      (``.pkl`` and processing suffixes dropped; prismPYP: ``Path.stem``).
+    * ``ctf_fit`` = ctf ``cc`` (CTFFIND cross-correlation), ``ctf_fit_source`` =
+      ``ctffind_cross_correlation``; ``est_resolution`` = ``cccc`` Å (CTFFIND fit resolution; NextPYP
+      writes 0 when unknown → NaN); ``defocus_u_A``/``defocus_v_A`` = ``DF1``/``DF2``;
+      ``mean_defocus`` = (DF1 + DF2)/2 (DF1/DF2 win; ``mean_df`` is only a cross-check);
+      ``defocus_angle_deg`` = ``ANGAST`` (NaN if absent); ``pixel_size_A`` = ``pixel_size`` (0 → NaN).
+      DF1 = DF2 = 0 is NextPYP's "CTFFIND failed" record: every CTF column is NaN then.
+    * ``avg_motion`` = mean frame-to-frame displacement of the ``drift`` track (``dx, dy`` px)
+      × ``pixel_size`` → Å per frame, ``motion_source`` = ``nextpyp_drift`` (NaN and
+      ``unavailable`` with < 2 frames or no pixel size; NaN and None without ``drift``). prismPYP's
+      ``sqrt(mean|dx|² + mean|dy|²)`` px is a different quantity (mean distance from the reference
+      frame per axis, not drift per frame) and is not reproduced.
+    * ``num_particles`` = ``box`` rows with ``inside == 1`` and ``selection >= extract_cls``
+      (NextPYP's own count, ``pyp/inout/metadata/core.py``); no ``box`` key → None (no picking ran,
+      unknown — not 0).
+    * ``rel_ice_thickness`` = NaN (NextPYP records none; prismPYP's constant 1 is not reproduced).
+
+    Args:
+        path: the ``.pkl`` file.
+        extract_cls: NextPYP's ``extract_cls`` parameter (not stored in the pkl); 0 keeps every
+            particle inside the micrograph that no classification excluded (selection < 0).
+
+    Returns:
+        dict with every key of ``table.COLUMNS``.
+
+    Raises:
+        InputError: :func:`load_pkl`'s errors; no ``ctf`` (``field='ctf'``) or it is not a
+            DataFrame; a missing/non-numeric ``cc``, ``cccc``, ``DF1``, ``DF2`` or ``pixel_size`` row
+            (``field='ctf.<row>'``); ``mean_df`` contradicting (DF1+DF2)/2 by more than
+            :data:`MEAN_DF_TOLERANCE_A` (``field='ctf.mean_df'``); ``drift`` without ``dx``/``dy``
+            or ``box`` without ``inside``/``selection`` (``field='drift.dx'`` …).
+    """
+    file = str(path)
+    data = load_pkl(path)
+    ctf = _frame(data, "ctf", file=file)
+    if ctf is None:
+        raise InputError("pkl has no 'ctf' entry (CTF estimation has not run)", file=file, field="ctf")
+    values = _ctf_values(ctf, file=file)
+    cc = _ctf_value(values, "cc", file=file)
+    cccc = _ctf_value(values, "cccc", file=file)
+    df1 = _ctf_value(values, "DF1", file=file)
+    df2 = _ctf_value(values, "DF2", file=file)
+    pixel = _ctf_value(values, "pixel_size", file=file)
+    angast = _ctf_value(values, "ANGAST", file=file, required=False)
+    mean_df = _ctf_value(values, "mean_df", file=file, required=False)
+    mean_defocus = (df1 + df2) / 2.0
+    if not math.isnan(mean_df) and abs(mean_df - mean_defocus) > MEAN_DF_TOLERANCE_A:
+        raise InputError(
+            f"mean_df {mean_df} contradicts (DF1 + DF2)/2 = {mean_defocus}", file=file, field="ctf.mean_df"
+        )
+    pixel_size = pixel if pixel > 0 else math.nan
+    fit_failed = df1 == 0 and df2 == 0
+    row: dict[str, Any] = {
+        "micrograph_name": micrograph_name(Path(path).name),
+        "rel_ice_thickness": math.nan,
+        "ctf_fit": math.nan if fit_failed else cc,
+        "est_resolution": cccc if cccc > 0 and not fit_failed else math.nan,
+        "avg_motion": math.nan,
+        "num_particles": None,
+        "mean_defocus": math.nan if fit_failed else mean_defocus,
+        "defocus_u_A": math.nan if fit_failed else df1,
+        "defocus_v_A": math.nan if fit_failed else df2,
+        "defocus_angle_deg": math.nan if fit_failed else angast,
+        "ctf_fit_source": None if fit_failed or math.isnan(cc) else CTF_FIT_CTFFIND_CC,
+        "motion_source": None,
+        "pixel_size_A": pixel_size,
+    }
+    drift = _frame(data, "drift", file=file)
+    if drift is not None:
+        motion_px = _mean_frame_displacement(drift, file=file)
+        motion = motion_px * pixel_size
+        row["avg_motion"] = motion
+        row["motion_source"] = MOTION_UNAVAILABLE if math.isnan(motion) else MOTION_FROM_NEXTPYP_DRIFT
+    box = _frame(data, "box", file=file)
+    if box is not None:
+        row["num_particles"] = _particle_count(box, file=file, extract_cls=extract_cls)
+    return row
+
+
+
+
+def _most_common(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return None if values.empty else float(values.mode().iloc[0])  # mode() is sorted: smallest on a tie
+
+
+_Outcome = tuple[str, dict[str, Any] | None, tuple[str, str, str | None] | None]
+
+
+def _parse_chunk(paths: list[Path], extract_cls: int) -> list[_Outcome]:
+    """(path, row, None) or (path, None, failure) per path; module-level so a process pool can run it."""
+    out: list[_Outcome] = []
+    for path in paths:
+        try:
+            out.append((str(path), pkl_row(path, extract_cls=extract_cls), None))
+        except InputError as exc:
+            out.append((str(path), None, (exc.file or str(path), exc.reason, exc.field)))
+    return out
+
+
+def pkl_rows(
+    paths: Iterable[str | Path], *, extract_cls: int = 0, executor: Executor | None = None, chunk: int = 500
+) -> tuple[pd.DataFrame, float | None, list[tuple[str, str, str | None]]]:
+    """The NextPYP partial table from many ``.pkl`` files; a bad file costs only its own row.
+
+    Args:
+        paths: the ``.pkl`` files (e.g. ``Path(project, "pkl").glob("*.pkl")``).
+        extract_cls: see :func:`pkl_row`.
+        executor: where to parse, ``chunk`` files per task (e.g. a long-lived
+            ``ProcessPoolExecutor``: unpickling is CPU-bound, ≈ 0.35 ms per pkl); None = this thread.
+            The result does not depend on it.
+
+    Returns:
+        ``(frame, pixel_size_A, failures)``. ``frame``: one row per good pkl, sorted by
+        ``micrograph_name``, columns exactly ``table.COLUMNS`` (floats float64,
+        ``num_particles`` nullable Int64, source columns object). ``pixel_size_A``: the most
+        common ``pixel_size`` (smallest on a tie; prismPYP takes the first readable pkl's), None
+        when no row has one. ``failures``: ``(file, reason, field)`` per pkl that gave no row, in
+        sorted path order — :func:`pkl_row`'s InputErrors, and a second pkl with an already used
+        ``micrograph_name`` (``field='micrograph_name'``; the first path in sorted order wins).
+
+    Raises:
+        TransientError: a file could not be read for a reason other than bad content.
+    """
+    ordered = sorted(Path(p) for p in paths)
+    chunks = [ordered[i : i + chunk] for i in range(0, len(ordered), chunk)]
+    if executor is None:
+        outcomes = [o for c in chunks for o in _parse_chunk(c, extract_cls)]
+    else:
+        outcomes = [o for part in executor.map(_parse_chunk, chunks, [extract_cls] * len(chunks)) for o in part]
+    rows: list[dict[str, Any]] = []
+    failures: list[tuple[str, str, str | None]] = []
+    seen: dict[str, str] = {}
+    for path, row, failure in outcomes:
+        if row is None:
+            failures.append(failure)  # type: ignore[arg-type]
+            continue
+        name = row["micrograph_name"]
+        if name in seen:
+            failures.append((path, f"micrograph_name {name!r} already given by {seen[name]}", "micrograph_name"))
+            continue
+        seen[name] = path
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    for col in FLOAT_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(np.float64)
+    frame["num_particles"] = pd.array(frame["num_particles"].tolist(), dtype="Int64")
+    for col in ("ctf_fit_source", "motion_source"):
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
+    frame["micrograph_name"] = frame["micrograph_name"].astype(object)
+    frame = frame.sort_values("micrograph_name", kind="stable").reset_index(drop=True)
+    return frame, _most_common(frame["pixel_size_A"]), failures
+
+
+def pkl_partial(
+    paths: Iterable[str | Path], *, file: str, extract_cls: int = 0, executor: Executor | None = None
+) -> tuple[Partial, list[tuple[str, str, str | None]]]:
+    """:func:`pkl_rows` wrapped as the ``nextpyp.pkl`` :class:`~cryobus.services.metadata.table.Partial`.
+
+    Args:
+        paths: the ``.pkl`` files. file: what the partial names as its input (e.g. the ``pkl/`` folder).
+        extract_cls, executor: see :func:`pkl_rows`.
+
+    Returns:
+        ``(partial, failures)`` with ``failures`` as in :func:`pkl_rows`. When no pkl has a ``box``
+        (picking never ran), the partial has no ``num_particles`` column at all, so the merge
+        keeps the counts unknown (``merge_partials`` turns an empty count into 0 as soon as some
+        partial has the column).
+    """
+    frame, pixel_size, failures = pkl_rows(paths, extract_cls=extract_cls, executor=executor)
+    if frame["num_particles"].isna().all():
+        frame = frame.drop(columns=["num_particles"])
+    return Partial(source=NEXTPYP_PKL, frame=frame, file=file, pixel_size_A=pixel_size), failures
