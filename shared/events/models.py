@@ -169,6 +169,10 @@ class MetadataUpdated(EventData):
     micrographs_list_uri: str = Field(description="all_micrographs_list.micrographs")
     micrographs: list[str] = Field(description="micrograph_name of every row, in table order.")
     sources: list[str] = Field(description="Input files the table was built from.")
+    unmatched: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per source, the micrographs other sources have and it lacks (the mismatch report).",
+    )
 
 
 class RenderCompleted(EventData):
