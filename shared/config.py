@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     nak_backoff_s: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
     shutdown_grace_s: float = Field(default=25.0, description="On SIGTERM, time to finish in-flight work.")
     max_image_bytes: int = Field(default=8 << 30, description="Refuse inputs whose header promises more than this.")
+    metadata_pool_threshold: int = Field(
+        default=2000, description="Parse at least this many new NextPYP pkls in a pool of worker processes."
+    )
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=0, description="Port for /metrics, /healthz, /readyz (0: pick a free one).")

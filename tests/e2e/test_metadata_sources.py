@@ -102,7 +102,9 @@ def test_a_new_nextpyp_pkl_updates_the_table_incrementally(nats_server, tmp_path
         write_pkl(pkl / f"mic_{i}.pkl", nextpyp_dict(df1=10000.0 + i, df2=9000.0 + i))
     _age(root)
     proc = start_cryobus("up", "--nats", nats_server.url, "--watch", str(root), "--store", (tmp_path / "store").as_uri(),
-                         "--state-dir", str(tmp_path / "state"), env={"CRYOBUS_SETTLE_S": "0.2"}, log=tmp_path / "up.log")
+                         "--state-dir", str(tmp_path / "state"), log=tmp_path / "up.log",
+                         # the first three pkls go through the worker-process pool, the fourth is parsed in place
+                         env={"CRYOBUS_SETTLE_S": "0.2", "CRYOBUS_METADATA_POOL_THRESHOLD": "3"})
     try:
         def tables() -> list:
             return [e.data for e in events_from(nats_server.url, "cryobus.events.metadata.updated")]
