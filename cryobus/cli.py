@@ -1,4 +1,4 @@
-"""The ``cryobus`` command line: up, run, ingest, demo, schema, status."""
+"""The ``cryobus`` command line: up, run, ingest, reprocess, demo, schema, status."""
 
 from __future__ import annotations
 
@@ -67,24 +67,64 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_service(load_service(args.service), settings)
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def _publish_command(settings, data) -> tuple[str, int]:
+    """Publish one command event (with publish ack); returns (event id, stream sequence)."""
     from cryobus.shared.bus.connection import connect_with_retry
     from cryobus.shared.bus.topology import ensure_streams
-    from cryobus.shared.events import Envelope, IngestRequested
+    from cryobus.shared.events import Envelope
 
-    settings = _settings(args).model_copy(update={"connect_timeout_s": 10.0})
+    settings = settings.model_copy(update={"connect_timeout_s": 10.0})
 
-    async def main() -> None:
+    async def main() -> tuple[str, int]:
         nc = await connect_with_retry(settings, "cryobus-cli")
-        js = nc.jetstream()
-        await ensure_streams(js)
-        cmd = IngestRequested(paths=[str(Path(p).resolve()) for p in args.paths], dataset=args.dataset)
-        env = Envelope.wrap(cmd, source="/cryobus/cli")
-        ack = await js.publish(env.nats_subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
-        print(f"ingest requested for {len(cmd.paths)} path(s): event {env.id} (stream seq {ack.seq})")
-        await nc.close()
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js)
+            env = Envelope.wrap(data, source="/cryobus/cli")
+            ack = await js.publish(env.nats_subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
+            return env.id, ack.seq
+        finally:
+            await nc.close()
 
-    asyncio.run(main())
+    return asyncio.run(main())
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from cryobus.shared.events import IngestRequested
+
+    cmd = IngestRequested(paths=[str(Path(p).resolve()) for p in args.paths], dataset=args.dataset)
+    event_id, seq = _publish_command(_settings(args), cmd)
+    print(f"ingest requested for {len(cmd.paths)} path(s): event {event_id} (stream seq {seq})")
+    return 0
+
+
+def _parse_params(items: list[str]) -> dict[str, object]:
+    """``key=value`` pairs; values are JSON when they parse (2048, false, [1, 99]), else strings."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--param expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from cryobus.services.render.params import RenderParams
+    from cryobus.shared.errors import InputError
+    from cryobus.shared.events import RenderRequested
+
+    params = _parse_params(args.param or [])
+    try:
+        RenderParams.parse(params)  # refuse bad parameters here, not in the service's dead letters
+    except InputError as exc:
+        raise SystemExit(f"cryobus reprocess: {exc.reason}") from exc
+    cmd = RenderRequested(dataset=args.dataset, since=args.since, params=params)
+    event_id, seq = _publish_command(_settings(args), cmd)
+    print(f"{args.stage} reprocessing requested for dataset {args.dataset}: event {event_id} (stream seq {seq})")
     return 0
 
 
@@ -144,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("paths", nargs="+", metavar="PATH")
     ing.add_argument("--dataset")
     ing.set_defaults(func=cmd_ingest)
+
+    rep = sub.add_parser("reprocess", help="redo a stage's work for a dataset, with new parameters")
+    common(rep)
+    rep.add_argument("--dataset", required=True)
+    rep.add_argument("--stage", required=True, choices=["render"])
+    rep.add_argument("--since", help="only inputs discovered since this ISO 8601 time")
+    rep.add_argument("--param", action="append", metavar="KEY=VALUE",
+                     help="a parameter of the stage (repeatable), e.g. max_size=2048, clip_percentiles=[1,99]")
+    rep.set_defaults(func=cmd_reprocess)
 
     sch = sub.add_parser("schema", help="write the JSON Schema of every event")
     sch.add_argument("--out", default="docs/schemas")

@@ -10,11 +10,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
+from cryobus.shared.bus.replay import replay
 from cryobus.shared.bus.topology import EVENTS_STREAM
-from cryobus.shared.errors import InputError
 from cryobus.shared.events import (
     ArtifactStored,
     Envelope,
@@ -23,44 +20,11 @@ from cryobus.shared.events import (
     MetadataUpdated,
     ProcessingFailed,
 )
-from cryobus.shared.events.envelope import parse_envelope
 
 
 async def read_events(js: Any, start_seq: int, subject: str = "cryobus.events.>") -> list[Envelope[Any]]:
     """All events on ``subject`` with stream sequence > ``start_seq``, in stream order."""
-    info = await js.stream_info(EVENTS_STREAM)
-    last = info.state.last_seq
-    if last <= start_seq:
-        return []
-    cfg = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=start_seq + 1,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=30.0,
-    )
-    sub = await js.pull_subscribe(subject, durable=None, stream=EVENTS_STREAM, config=cfg)
-    out: list[Envelope[Any]] = []
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(500, timeout=0.5)
-            except nats.errors.TimeoutError:
-                break
-            for m in msgs:
-                try:
-                    out.append(parse_envelope(m.data))
-                except InputError:
-                    continue  # a foreign/garbled message on our subjects: not ours to summarise
-                if m.metadata.sequence.stream >= last:
-                    return out
-            if msgs and msgs[-1].metadata.num_pending == 0:
-                break
-    finally:
-        try:
-            await sub.unsubscribe()
-        except Exception:  # noqa: BLE001
-            pass
-    return out
+    return await replay(js, EVENTS_STREAM, [subject], after_seq=start_seq)
 
 
 async def scanned_roots(js: Any, start_seq: int) -> set[str]:

@@ -38,7 +38,7 @@ import pandas as pd
 import starfile
 from scipy.spatial.transform import Rotation
 
-from cryobus.demo.ctf import ctf_2d, electron_wavelength_A, spatial_frequency_grid
+from cryobus.shared.ctf import ctf_2d, electron_wavelength_A, spatial_frequency_grid
 from cryobus.shared.errors import InputError
 
 __all__ = [

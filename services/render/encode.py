@@ -28,16 +28,17 @@ PNG_COMPRESS_LEVEL = 6
 
 def _as_image(img: np.ndarray) -> Image.Image:
     img = np.asarray(img)
-    if img.dtype != np.uint8 or img.ndim != 2 or img.size == 0:
-        raise ValueError(f"expected a non-empty 2-D uint8 image, got {img.dtype} {img.shape}")
+    rgb = img.ndim == 3 and img.shape[2] == 3
+    if img.dtype != np.uint8 or not (img.ndim == 2 or rgb) or img.size == 0:
+        raise ValueError(f"expected a non-empty uint8 (h, w) or (h, w, 3) image, got {img.dtype} {img.shape}")
     return Image.fromarray(np.ascontiguousarray(img))
 
 
 def webp_bytes(img: np.ndarray, *, lossless: bool = True, quality: int | None = None) -> bytes:
-    """Encode a uint8 (h, w) image as WebP.
+    """Encode a uint8 (h, w) greyscale or (h, w, 3) RGB image as WebP.
 
     Args:
-        img: uint8 (h, w) greyscale image.
+        img: uint8 (h, w) greyscale or (h, w, 3) RGB image (overlays).
         lossless: lossless WebP (default; exact pixels). ``False`` gives lossy VP8.
         quality: 0..100; lossy: visual quality (default 90); lossless: compression effort
             (default :data:`LOSSLESS_EFFORT`).
@@ -46,7 +47,7 @@ def webp_bytes(img: np.ndarray, *, lossless: bool = True, quality: int | None = 
         WebP file bytes (media type ``image/webp``).
 
     Raises:
-        ValueError: not a 2-D uint8 image, or quality outside 0..100.
+        ValueError: not a uint8 greyscale/RGB image, or quality outside 0..100.
     """
     if quality is None:
         quality = LOSSLESS_EFFORT if lossless else LOSSY_QUALITY
@@ -58,10 +59,10 @@ def webp_bytes(img: np.ndarray, *, lossless: bool = True, quality: int | None = 
 
 
 def png_bytes(img: np.ndarray) -> bytes:
-    """Encode a uint8 (h, w) image as an 8-bit greyscale PNG (media type ``image/png``).
+    """Encode a uint8 (h, w) image as 8-bit greyscale PNG, or (h, w, 3) as RGB PNG (``image/png``).
 
     Raises:
-        ValueError: not a 2-D uint8 image.
+        ValueError: not a uint8 greyscale/RGB image.
     """
     buffer = io.BytesIO()
     _as_image(img).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)

@@ -1,70 +1,367 @@
-"""The render service: previews of micrographs, power spectra and class averages.
+"""The render service: previews of micrographs, power spectra, picks, class averages and tomography.
 
-Layout in the store (prismPYP's, so a dataset folder can be handed to prismPYP unchanged):
+Layout in the store (``<prefix>`` is ``<dataset>`` for the default parameters, prismPYP's
+layout, so a dataset folder can be handed to prismPYP unchanged; a re-render with other
+parameters uses ``<dataset>/renders/<tag>``, see params.py):
 
-* ``<dataset>/webp/<micrograph_name>.webp`` — the micrograph preview;
-* ``<dataset>/webp/<micrograph_name>_ctffit.webp`` — CTFFIND's diagnostic image when it exists,
-  otherwise a computed power spectrum (averaged periodogram);
-* ``<dataset>/class_averages/<job>/it<NNN>/class_<KKK>.png`` — one lossless PNG per class,
-  numbered as the source numbers them (RELION: 1-based; CryoSPARC: 0-based).
+* ``<prefix>/webp/<micrograph_name>.webp`` — micrograph preview; extra sizes under
+  ``<prefix>/webp/<size>px/<micrograph_name>.webp``;
+* ``<prefix>/webp/<micrograph_name>_ctffit.webp`` — CTFFIND's diagnostic image when it exists,
+  otherwise a computed power spectrum (averaged periodogram) with the CTF fit drawn on it when
+  the metadata has one (rings or split view);
+* ``<prefix>/picks/<job>/<micrograph_name>_boxed.webp`` — picks circled on the preview
+  (NextPYP's ``_boxed`` name, one folder per picking job so a later job never overwrites);
+* ``<prefix>/class_averages/<job>/it<NNN>/class_<KKK>.png`` — one lossless PNG per class,
+  numbered as the source numbers them (RELION: 1-based; CryoSPARC: 0-based), and
+  ``.../montage.webp`` with class number, particle count and resolution under each;
+* ``<prefix>/tomography/<run>/tilt_series.webp`` and ``.../<tomogram stem>.webp`` — central slices.
 
 Every image is announced by ``artifact.stored`` and ``render.completed``. Within a job a bad
 image is reported with its own ``render.failed`` and the rest of the job goes on; a referenced
-file that does not exist is reported once with ``input.missing``.
+file that does not exist is reported once with ``input.missing``. A ``render.requested``
+command re-renders a dataset from its discovery events with new parameters.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from cryobus.services.render import class_averages, encode, micrograph, power_spectrum
+from cryobus.services.render import class_averages, ctf_overlay, encode, micrograph, montage, picks, power_spectrum
+from cryobus.services.render import tomography
+from cryobus.services.render.params import DEFAULT, RenderParams
 from cryobus.shared.bus.service import HandlerContext, Service
 from cryobus.shared.errors import InputError
-from cryobus.shared.events import Envelope, ExposureDiscovered, JobDiscovered, RenderCompleted
-from cryobus.shared.formats import ctffind, mrc, star
+from cryobus.shared.events import Envelope, ExposureDiscovered, JobDiscovered, RenderCompleted, RenderRequested
+from cryobus.shared.formats import cryosparc, ctffind, mrc, star
+from cryobus.shared.micrograph_names import micrograph_name
 
 service = Service(name="render")
 
 WEBP = "image/webp"
 PNG = "image/png"
+_ROLES = {
+    "micrograph": "micrograph_preview",
+    "power_spectrum": "power_spectrum_preview",
+    "particle_picks": "particle_picks_preview",
+}
 
 
-def _read_micrograph(path: Path, file_format: str, max_bytes: int) -> np.ndarray:
-    if file_format == "tiff" or path.suffix.lower() in (".tif", ".tiff"):
-        return mrc.read_tiff_image(path)
-    image, _header = mrc.read_image(path, section=0, max_bytes=max_bytes)
-    return image
+class Renderer:
+    """Renders with one parameter set into the store; one per handled message.
+
+    ``skip_existing``: an image whose key already exists is not redone (reprocessing with
+    parameters already rendered does no duplicate work); automatic renders rewrite, so a
+    redelivered message repairs a half-written job.
+    """
+
+    def __init__(self, ctx: HandlerContext, params: RenderParams = DEFAULT, *, skip_existing: bool = False):
+        self.ctx = ctx
+        self.params = params
+        self.skip_existing = skip_existing
+        self.max_bytes = ctx.settings.max_image_bytes
+        self._current: JobDiscovered | None = None
+
+    def key(self, dataset: str, rel: str) -> str:
+        return f"{self.params.prefix(dataset)}/{rel}"
+
+    def wanted(self, *keys: str) -> bool:
+        """False when every key already exists and ``skip_existing`` is set."""
+        return not (self.skip_existing and all(self.ctx.store.exists(k) for k in keys))
+
+    def store(self, *, dataset: str, key: str, img: np.ndarray, kind: str, name: str, source: Path, method: str) -> None:
+        if key.endswith(".png"):
+            data, media_type = encode.png_bytes(img), PNG
+        else:
+            data, media_type = encode.webp_bytes(img, lossless=self.params.lossless, quality=self.params.quality), WEBP
+        stored = self.ctx.put_artifact(
+            key, data, media_type=media_type, role=_ROLES.get(kind, kind), dataset=dataset, inputs=[str(source)]
+        )
+        self.ctx.emit(
+            RenderCompleted(
+                dataset=dataset, image_kind=kind, name=name, source=str(source), artifact_uri=stored.uri,
+                width=int(img.shape[1]), height=int(img.shape[0]), method=method, params_tag=self.params.tag,
+            ),
+            dedup_key=stored.key + stored.sha256,
+        )
+
+    # ------------------------------------------------------------------ micrographs and spectra
+
+    def read_micrograph(self, path: Path, file_format: str = "mrc") -> tuple[np.ndarray, float | None]:
+        """float32 (ny, nx) image and its pixel size (Å/px, None when the file does not say)."""
+        section = "sum" if self.params.stack_mode == "sum" else 0
+        if file_format == "tiff" or path.suffix.lower() in (".tif", ".tiff"):
+            return mrc.read_tiff_image(path, page=section, max_bytes=self.max_bytes), None
+        image, header = mrc.read_image(path, section=section, max_bytes=self.max_bytes)
+        return image, header.voxel_size_A
+
+    def micrograph(self, *, dataset: str, name: str, path: Path, file_format: str = "mrc", with_spectrum: bool = True) -> None:
+        """Preview (every size asked for) and, if asked, the computed power spectrum of one micrograph."""
+        keys = {None: self.key(dataset, f"webp/{name}.webp")}
+        keys.update({s: self.key(dataset, f"webp/{s}px/{name}.webp") for s in self.params.extra_sizes})
+        spectrum_key = self.key(dataset, f"webp/{name}_ctffit.webp")
+        if not self.wanted(*keys.values(), *([spectrum_key] if with_spectrum else [])):
+            return
+        image, _ = self.read_micrograph(path, file_format)
+        for size, key in keys.items():
+            img = micrograph.preview(image, max_size=size or self.params.max_size, clip_percentiles=self.params.clip_percentiles)
+            self.store(dataset=dataset, key=key, img=img, kind="micrograph", name=name, source=path,
+                       method="binned_percentile_clip")
+        if with_spectrum:
+            self.computed_spectrum(dataset=dataset, name=name, image=image, source=path, ctf=None)
+
+    def computed_spectrum(self, *, dataset: str, name: str, image: np.ndarray, source: Path,
+                          ctf: ctf_overlay.CtfParams | None) -> None:
+        p = self.params
+        img = power_spectrum.spectrum_preview(power_spectrum.periodogram(image, tile=p.spectrum_tile), size=p.spectrum_size)
+        method = "computed_periodogram"
+        if ctf is not None and p.ctf_overlay == "rings":
+            img, method = ctf_overlay.draw_rings(img, ctf), "computed_periodogram+ctf_rings"
+        elif ctf is not None and p.ctf_overlay == "split":
+            img, method = ctf_overlay.split_view(img, ctf), "computed_periodogram+ctf_split"
+        self.store(dataset=dataset, key=self.key(dataset, f"webp/{name}_ctffit.webp"), img=img,
+                   kind="power_spectrum", name=name, source=source, method=method)
+
+    # ------------------------------------------------------------------ jobs
+
+    def job(self, job: JobDiscovered) -> None:
+        """Everything the job's outputs give: previews, spectra, picks, classes, slices."""
+        self._current = job
+        kind = (job.software, job.job_type)
+        if kind == ("relion", "MotionCorr"):
+            self._each_micrograph_row(job, self._motioncorr_row)
+        elif kind == ("relion", "CtfFind"):
+            self._each_micrograph_row(job, self._ctffind_row)
+        elif kind == ("relion", "AutoPick"):
+            self._relion_autopick(job)
+        elif kind == ("relion", "Extract"):
+            self._picks(job, picks.relion_particles(job.files["star"]), Path(job.files["star"]), relion=True)
+        elif kind == ("relion", "Class2D"):
+            self._classes(job, Path(job.files["classes_mrcs"]), first_number=1, labels=_relion_class_labels(job))
+        elif kind == ("cryosparc", "class_averages") and "mrc" in job.files:
+            self._classes(job, Path(job.files["mrc"]), first_number=0, labels=_cryosparc_class_labels(job))
+        elif kind == ("cryosparc", "particles"):
+            self._cryosparc_picks(job)
+        elif job.software == "serialem" and job.job_type == "tilt_series":
+            self._tomography(job)
+
+    def _each_micrograph_row(self, job: JobDiscovered, fn: Callable[[Path, pd.Series], None]) -> None:
+        """Run ``fn(star_path, row)`` per micrograph row; a bad row is reported and the others go on."""
+        star_path = Path(job.files["star"])
+        rows = star.micrograph_block(star.read_star(star_path), file=str(star_path))
+        star.require_columns(rows, ["rlnMicrographName"], file=str(star_path), block="micrographs")
+        for _, row in rows.iterrows():
+            self._guarded(job, lambda: fn(star_path, row))
+
+    def _guarded(self, job: JobDiscovered, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except InputError as exc:
+            self.ctx.fail_item(exc.reason, file=exc.file, field=exc.field, dataset=job.dataset)
+
+    def _existing(self, job: JobDiscovered, path: Path, referenced_by: Path, field: str) -> bool:
+        if path.is_file():
+            return True
+        self.ctx.report_missing(dataset=job.dataset, path=str(path), referenced_by=str(referenced_by), field=field)
+        return False
+
+    def _motioncorr_row(self, star_path: Path, row: pd.Series) -> None:
+        job = self._current
+        path = Path(job.project_dir) / row["rlnMicrographName"]
+        if self._existing(job, path, star_path, "rlnMicrographName"):
+            self.micrograph(dataset=job.dataset, name=star.micrograph_name(row["rlnMicrographName"]), path=path,
+                            with_spectrum=False)
+
+    def _ctffind_row(self, star_path: Path, row: pd.Series) -> None:
+        job = self._current
+        project = Path(job.project_dir)
+        name = star.micrograph_name(row["rlnMicrographName"])
+        key = self.key(job.dataset, f"webp/{name}_ctffit.webp")
+        if not self.wanted(key):
+            return
+        if isinstance(row.get("rlnCtfImage"), str):
+            diagnostic = project / ctffind.diagnostic_image_path(row["rlnCtfImage"])
+            if diagnostic.is_file():
+                image, _ = mrc.read_image(diagnostic, section=0, max_bytes=self.max_bytes)
+                self.store(dataset=job.dataset, key=key, img=power_spectrum.ctffind_diagnostic_preview(image),
+                           kind="power_spectrum", name=name, source=diagnostic, method="ctffind_diagnostic")
+                return
+            self.ctx.report_missing(dataset=job.dataset, path=str(diagnostic), referenced_by=str(star_path), field="rlnCtfImage")
+        path = project / row["rlnMicrographName"]
+        if not self._existing(job, path, star_path, "rlnMicrographName"):
+            return
+        image, voxel = self.read_micrograph(path)
+        self.computed_spectrum(dataset=job.dataset, name=name, image=image, source=path,
+                               ctf=ctf_from_relion_row(row, voxel, file=str(star_path)))
+
+    def _relion_autopick(self, job: JobDiscovered) -> None:
+        autopick_star = Path(job.files["star"])
+        project = Path(job.project_dir)
+        found = []
+        for mic, coords in picks.relion_coordinate_files(autopick_star):
+            if self._existing(job, project / coords, autopick_star, "rlnMicrographCoordinates"):
+                try:
+                    found.append(picks.relion_coordinates(project / coords, mic))
+                except InputError as exc:
+                    self.ctx.fail_item(exc.reason, file=exc.file, field=exc.field, dataset=job.dataset)
+        self._picks(job, found, autopick_star, relion=True)
+
+    def _cryosparc_picks(self, job: JobDiscovered) -> None:
+        cs_path = Path(job.files["cs"])
+        fields = cryosparc.read_cs(cs_path).dtype.names or ()
+        if "location/center_x_frac" not in fields:
+            return  # particles without picks (e.g. imported stacks): nothing to draw
+        self._picks(job, picks.cryosparc_particles(cs_path), cs_path, relion=False)
+
+    def _picks(self, job: JobDiscovered, found: list[picks.MicrographPicks], source: Path, *, relion: bool) -> None:
+        job_name = Path(job.job_dir).name
+        field = "rlnMicrographName" if relion else "location/micrograph_path"
+        for mp in found:
+            def one(mp: picks.MicrographPicks = mp) -> None:
+                name = micrograph_name(mp.micrograph)
+                key = self.key(job.dataset, f"picks/{job_name}/{name}_boxed.webp")
+                path = Path(job.project_dir) / mp.micrograph
+                if not self.wanted(key) or not self._existing(job, path, source, field):
+                    return
+                image, voxel = self.read_micrograph(path)
+                factor = micrograph.binning_factor(image.shape, self.params.max_size)
+                preview = micrograph.preview(image, max_size=self.params.max_size, clip_percentiles=self.params.clip_percentiles)
+                radius = picks.radius_px(mp, image_shape=image.shape, pixel_size_A=voxel, radius_A=self.params.pick_radius_A)
+                img = picks.draw_picks(preview, mp, binning=factor, radius=radius)
+                self.store(dataset=job.dataset, key=key, img=img, kind="particle_picks", name=name, source=path,
+                           method=f"{len(mp.x)} picks from {source.name}")
+            self._guarded(job, one)
+
+    def _classes(self, job: JobDiscovered, stack_path: Path, *, first_number: int,
+                 labels: dict[int, montage.ClassLabel]) -> None:
+        job_name = Path(job.job_dir).name
+        iteration = f"it{job.iteration:03d}" if job.iteration is not None else "final"
+        folder = f"class_averages/{job_name}/{iteration}"
+        stack, _ = mrc.read_stack(stack_path, max_bytes=self.max_bytes)
+        images = class_averages.class_images(stack, clip_percentiles=self.params.clip_percentiles)
+        numbers = [i + first_number for i in range(len(images))]
+        for number, img in zip(numbers, images):
+            name = f"{job_name}/{iteration}/class_{number:03d}"
+            key = self.key(job.dataset, f"{folder}/class_{number:03d}.png")
+            if self.wanted(key):
+                self.store(dataset=job.dataset, key=key, img=img, kind="class_average", name=name, source=stack_path,
+                           method="per_class_percentile_clip")
+        key = self.key(job.dataset, f"{folder}/montage.webp")
+        if self.wanted(key):
+            tiles = montage.montage(images, [labels.get(n, montage.ClassLabel(n)) for n in numbers])
+            self.store(dataset=job.dataset, key=key, img=tiles, kind="class_average_montage",
+                       name=f"{job_name}/{iteration}/montage", source=stack_path, method="labelled_montage")
+
+    def _tomography(self, job: JobDiscovered) -> None:
+        run = Path(job.job_dir).name
+        if "tilt_series" in job.files:
+            path = Path(job.files["tilt_series"])
+            key = self.key(job.dataset, f"tomography/{run}/tilt_series.webp")
+
+            def tilt() -> None:
+                if self.wanted(key) and self._existing(job, path, Path(job.job_dir), "tilt_series"):
+                    image, index = tomography.tilt_series_slice(path, _tilt_angles(job), max_bytes=self.max_bytes)
+                    self.store(dataset=job.dataset, key=key, img=micrograph.preview(image, max_size=self.params.max_size),
+                               kind="tilt_series_slice", name=f"{run}/tilt_series", source=path,
+                               method=f"section {index} (closest to 0°)")
+            self._guarded(job, tilt)
+        for role, value in sorted(job.files.items()):
+            if not role.startswith("tomogram"):
+                continue
+            path = Path(value)
+            key = self.key(job.dataset, f"tomography/{run}/{path.stem}.webp")
+
+            def tomo(path: Path = path, key: str = key) -> None:
+                if self.wanted(key) and self._existing(job, path, Path(job.job_dir), "tomogram"):
+                    image, axis = tomography.tomogram_slice(path, slab=self.params.tomogram_slab, max_bytes=self.max_bytes)
+                    self.store(dataset=job.dataset, key=key, img=micrograph.preview(image, max_size=self.params.max_size),
+                               kind="tomogram_slice", name=f"{run}/{path.stem}", source=path,
+                               method=f"central plane across {axis}, slab {self.params.tomogram_slab}")
+            self._guarded(job, tomo)
 
 
-def _store_image(
-    ctx: HandlerContext, *, dataset: str, key: str, img: np.ndarray, kind: str, name: str, source: Path, method: str
-) -> None:
-    data = encode.png_bytes(img) if key.endswith(".png") else encode.webp_bytes(img, lossless=True)
-    role = {"micrograph": "micrograph_preview", "power_spectrum": "power_spectrum_preview"}.get(kind, kind)
-    stored = ctx.put_artifact(
-        key, data, media_type=PNG if key.endswith(".png") else WEBP, role=role, dataset=dataset, inputs=[str(source)]
-    )
-    ctx.emit(
-        RenderCompleted(
-            dataset=dataset, image_kind=kind, name=name, source=str(source), artifact_uri=stored.uri,
-            width=int(img.shape[1]), height=int(img.shape[0]), method=method,
-        ),
-        dedup_key=stored.key + stored.sha256,
-    )
+def ctf_from_relion_row(row: pd.Series, voxel_size_A: float | None, *, file: str) -> ctf_overlay.CtfParams | None:
+    """The CTF fit of one ``micrographs_ctf.star`` row (optics merged), or None when it has none.
+
+    Pixel size: ``rlnMicrographPixelSize``, else the micrograph header's. ``rlnCtfMaxResolution``
+    (Å) bounds the rings; ``rlnPhaseShift`` (degrees) is used when present.
+
+    Raises:
+        InputError: a CTF value is present but not a usable number (field named).
+    """
+    needed = ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]
+    if any(c not in row.index for c in needed):
+        return None
+    pixel = row.get("rlnMicrographPixelSize", voxel_size_A)
+    if pixel is None or not float(pixel) > 0:
+        return None
+    resolution = row.get("rlnCtfMaxResolution")
+    try:
+        return ctf_overlay.CtfParams(
+            defocus_u_A=float(row["rlnDefocusU"]), defocus_v_A=float(row["rlnDefocusV"]),
+            astigmatism_angle_deg=float(row["rlnDefocusAngle"]), voltage_kV=float(row["rlnVoltage"]),
+            cs_mm=float(row["rlnSphericalAberration"]), amplitude_contrast=float(row["rlnAmplitudeContrast"]),
+            pixel_size_A=float(pixel), phase_shift_deg=float(row.get("rlnPhaseShift", 0.0)),
+            fit_resolution_A=float(resolution) if resolution is not None else None,
+        )
+    except (TypeError, ValueError) as err:
+        raise InputError(f"unusable CTF value: {err}", file=file, field="rlnDefocusU") from err
 
 
-def render_micrograph(ctx: HandlerContext, *, dataset: str, name: str, path: Path, file_format: str = "mrc",
-                      with_spectrum: bool = True) -> None:
-    """Preview (and, if asked, computed power spectrum) of one micrograph file."""
-    image = _read_micrograph(path, file_format, ctx.settings.max_image_bytes)
-    _store_image(ctx, dataset=dataset, key=f"{dataset}/webp/{name}.webp", img=micrograph.preview(image),
-                 kind="micrograph", name=name, source=path, method="binned_percentile_clip")
-    if with_spectrum:
-        spectrum = power_spectrum.spectrum_preview(power_spectrum.periodogram(image))
-        _store_image(ctx, dataset=dataset, key=f"{dataset}/webp/{name}_ctffit.webp", img=spectrum,
-                     kind="power_spectrum", name=name, source=path, method="computed_periodogram")
+def _relion_class_labels(job: JobDiscovered) -> dict[int, montage.ClassLabel]:
+    """Per class: hard-assignment particle count (``_data.star`` ``rlnClassNumber``) and ``rlnEstimatedResolution``."""
+    table = class_averages.read_relion_class_table(job.files["model_star"])
+    counts: dict[int, int] = {}
+    if "data_star" in job.files:
+        particles = star.particle_block(star.read_star(job.files["data_star"]), file=job.files["data_star"])
+        if "rlnClassNumber" in particles.columns:
+            counts = particles["rlnClassNumber"].astype(int).value_counts().to_dict()
+    return {
+        int(n): montage.ClassLabel(int(n), int(counts.get(int(n), 0)) if counts else None, float(res))
+        for n, res in zip(table["class_number"], table["estimated_resolution_A"])
+    }
+
+
+def _cryosparc_class_labels(job: JobDiscovered) -> dict[int, montage.ClassLabel]:
+    """Per class (0-based ``blob/idx``): ``blob/res_A``, and particle counts from the sibling
+    ``J<n>_<iii>_particles.cs`` (``alignments2D/class``) when it is there."""
+    cs_path = Path(job.files["cs"])
+    arr = cryosparc.read_cs(cs_path)
+    names = arr.dtype.names or ()
+    numbers = np.asarray(arr["blob/idx"], dtype=int) if "blob/idx" in names else np.arange(len(arr))
+    resolution = np.asarray(arr["blob/res_A"], dtype=float) if "blob/res_A" in names else None
+    counts: dict[int, int] = {}
+    sibling = cs_path.with_name(cs_path.name.replace("class_averages", "particles"))
+    if sibling != cs_path and sibling.is_file():
+        particles = cryosparc.read_cs(sibling)
+        if "alignments2D/class" in (particles.dtype.names or ()):
+            values, n = np.unique(np.asarray(particles["alignments2D/class"], dtype=int), return_counts=True)
+            counts = dict(zip(values.tolist(), n.tolist()))
+    return {
+        int(k): montage.ClassLabel(int(k), counts.get(int(k), 0) if counts else None,
+                                   float(resolution[i]) if resolution is not None else None)
+        for i, k in enumerate(numbers)
+    }
+
+
+def _tilt_angles(job: JobDiscovered) -> list[float] | None:
+    """Tilt angles in stack order from ``.tlt`` / ``.rawtlt`` (IMOD), else ``.mdoc`` TiltAngle, else None."""
+    from cryobus.services.metadata.cryoet import imod, mdoc
+
+    for role in ("tlt", "rawtlt"):
+        if role in job.files and Path(job.files[role]).is_file():
+            return imod.read_tilt_angles(job.files[role])
+    if "mdoc" in job.files and Path(job.files["mdoc"]).is_file():
+        try:
+            angles = mdoc.read_mdoc(job.files["mdoc"]).tilt_angles
+        except InputError:
+            return None  # the metadata service reports a bad .mdoc; here the middle section will do
+        return angles if all(math.isfinite(a) for a in angles) else None
+    return None
 
 
 @service.handler(ExposureDiscovered)
@@ -74,89 +371,42 @@ def on_exposure(event: Envelope[ExposureDiscovered], ctx: HandlerContext) -> Non
     if exp.file_format == "eer":
         ctx.log.info("EER movie %s: previews are made from motion-corrected micrographs, skipping", exp.path)
         return
-    render_micrograph(ctx, dataset=exp.dataset, name=exp.micrograph_name, path=Path(exp.path), file_format=exp.file_format)
-
-
-def _project_path(project: Path, relion_name: str) -> Path:
-    return project / relion_name.split(":")[0]
-
-
-def _micrograph_rows(job: JobDiscovered):
-    star_path = Path(job.files["star"])
-    return star_path, star.micrograph_block(star.read_star(star_path), file=str(star_path))
-
-
-def _each_row(ctx: HandlerContext, job: JobDiscovered, fn) -> None:
-    """Run ``fn(row)`` for each micrograph row; a bad row is reported and the others go on."""
-    star_path, rows = _micrograph_rows(job)
-    star.require_columns(rows, ["rlnMicrographName"], file=str(star_path), block="micrographs")
-    for _, row in rows.iterrows():
-        try:
-            fn(star_path, row)
-        except InputError as exc:
-            ctx.fail_item(exc.reason, file=exc.file, field=exc.field, dataset=job.dataset)
-
-
-def _render_motioncorr(ctx: HandlerContext, job: JobDiscovered) -> None:
-    project = Path(job.project_dir)
-
-    def one(star_path: Path, row) -> None:
-        path = _project_path(project, row["rlnMicrographName"])
-        name = star.micrograph_name(row["rlnMicrographName"])
-        if not path.is_file():
-            ctx.report_missing(dataset=job.dataset, path=str(path), referenced_by=str(star_path), field="rlnMicrographName")
-            return
-        render_micrograph(ctx, dataset=job.dataset, name=name, path=path, with_spectrum=False)
-
-    _each_row(ctx, job, one)
-
-
-def _render_ctffind(ctx: HandlerContext, job: JobDiscovered) -> None:
-    project = Path(job.project_dir)
-
-    def one(star_path: Path, row) -> None:
-        name = star.micrograph_name(row["rlnMicrographName"])
-        key = f"{job.dataset}/webp/{name}_ctffit.webp"
-        if "rlnCtfImage" in row and isinstance(row["rlnCtfImage"], str):
-            diagnostic = project / ctffind.diagnostic_image_path(row["rlnCtfImage"])
-            if diagnostic.is_file():
-                image, _ = mrc.read_image(diagnostic, section=0, max_bytes=ctx.settings.max_image_bytes)
-                _store_image(ctx, dataset=job.dataset, key=key, img=power_spectrum.ctffind_diagnostic_preview(image),
-                             kind="power_spectrum", name=name, source=diagnostic, method="ctffind_diagnostic")
-                return
-            ctx.report_missing(dataset=job.dataset, path=str(diagnostic), referenced_by=str(star_path), field="rlnCtfImage")
-        micrograph_path = _project_path(project, row["rlnMicrographName"])
-        if not micrograph_path.is_file():
-            ctx.report_missing(dataset=job.dataset, path=str(micrograph_path), referenced_by=str(star_path), field="rlnMicrographName")
-            return
-        image, _ = mrc.read_image(micrograph_path, section=0, max_bytes=ctx.settings.max_image_bytes)
-        spectrum = power_spectrum.spectrum_preview(power_spectrum.periodogram(image))
-        _store_image(ctx, dataset=job.dataset, key=key, img=spectrum, kind="power_spectrum", name=name,
-                     source=micrograph_path, method="computed_periodogram")
-
-    _each_row(ctx, job, one)
-
-
-def _render_classes(ctx: HandlerContext, job: JobDiscovered, stack_path: Path, first_number: int) -> None:
-    stack, _ = mrc.read_stack(stack_path, max_bytes=ctx.settings.max_image_bytes)
-    job_name = Path(job.job_dir).name
-    iteration = f"it{job.iteration:03d}" if job.iteration is not None else "final"
-    for i, img in enumerate(class_averages.class_images(stack)):
-        number = i + first_number
-        name = f"{job_name}/{iteration}/class_{number:03d}"
-        _store_image(ctx, dataset=job.dataset, key=f"{job.dataset}/class_averages/{name}.png", img=img,
-                     kind="class_average", name=name, source=stack_path, method="per_class_percentile_clip")
+    Renderer(ctx).micrograph(dataset=exp.dataset, name=exp.micrograph_name, path=Path(exp.path), file_format=exp.file_format)
 
 
 @service.handler(JobDiscovered)
 def on_job(event: Envelope[JobDiscovered], ctx: HandlerContext) -> None:
-    """RELION MotionCorr → micrograph previews; CtfFind → power spectra; Class2D / CryoSPARC 2D → class images."""
-    job = event.data
-    if job.software == "relion" and job.job_type == "MotionCorr":
-        _render_motioncorr(ctx, job)
-    elif job.software == "relion" and job.job_type == "CtfFind":
-        _render_ctffind(ctx, job)
-    elif job.software == "relion" and job.job_type == "Class2D":
-        _render_classes(ctx, job, Path(job.files["classes_mrcs"]), first_number=1)
-    elif job.software == "cryosparc" and job.job_type == "class_averages" and "mrc" in job.files:
-        _render_classes(ctx, job, Path(job.files["mrc"]), first_number=0)
+    """MotionCorr → previews; CtfFind → spectra; AutoPick/Extract/particles → picks; 2D → classes; tilt series → slices."""
+    Renderer(ctx).job(event.data)
+
+
+@service.handler(RenderRequested)
+def on_request(event: Envelope[RenderRequested], ctx: HandlerContext) -> None:
+    """Re-render a dataset from its discovery events with the requested parameters.
+
+    Images that already exist for these parameters are skipped, so the same request twice does
+    no duplicate work. Outputs carry the command's correlation id.
+    """
+    request = event.data
+    params = RenderParams.parse(request.params)
+    renderer = Renderer(ctx, params, skip_existing=True)
+    subjects = [ExposureDiscovered.static_subject(), JobDiscovered.static_subject()]
+    replayed = ctx.replay(subjects, since=request.since)
+    done = 0
+    for env in replayed:
+        data = env.data
+        if getattr(data, "dataset", None) != request.dataset:
+            continue
+        try:
+            if isinstance(data, ExposureDiscovered):
+                if data.file_format != "eer":
+                    renderer.micrograph(dataset=data.dataset, name=data.micrograph_name, path=Path(data.path),
+                                        file_format=data.file_format)
+            elif isinstance(data, JobDiscovered):
+                renderer.job(data)
+        except InputError as exc:
+            ctx.fail_item(exc.reason, file=exc.file, field=exc.field, dataset=request.dataset)
+        except FileNotFoundError as exc:
+            ctx.fail_item(f"input no longer exists: {exc.filename}", file=exc.filename, dataset=request.dataset)
+        done += 1
+    ctx.log.info("re-rendered %d discovery events of %s with %s", done, request.dataset, params.changed() or "defaults")

@@ -185,6 +185,14 @@ class HandlerContext:
         """All (value, revision) under keys starting with ``prefix``."""
         return self._call(self._runtime.kv_items(bucket, prefix))
 
+    def replay(self, subjects: list[str], *, since: str | None = None, timeout: float = 300.0) -> list[Envelope[Any]]:
+        """Past events on ``subjects`` from the event stream (see :mod:`cryobus.shared.bus.replay`)."""
+        from cryobus.shared.bus.replay import replay
+        from cryobus.shared.bus.topology import EVENTS_STREAM
+
+        assert self._runtime.js is not None
+        return self._call(replay(self._runtime.js, EVENTS_STREAM, subjects, since=since), timeout=timeout)
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

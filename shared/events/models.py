@@ -66,7 +66,7 @@ class ExposureDiscovered(EventData):
         return f"{self.dataset}/{self.micrograph_name}"
 
 
-JobSoftware = Literal["relion", "cryosparc", "nextpyp", "ctffind"]
+JobSoftware = Literal["relion", "cryosparc", "nextpyp", "ctffind", "serialem"]
 
 
 class JobDiscovered(EventData):
@@ -74,7 +74,9 @@ class JobDiscovered(EventData):
 
     ``job_type`` uses the producing software's own job names: RELION ``Import``, ``MotionCorr``,
     ``CtfFind``, ``AutoPick``, ``Extract``, ``Class2D``; CryoSPARC ``exposures``, ``particles``,
-    ``class_averages``; NextPYP ``pkl``. ``files`` maps a role to an absolute path, e.g.
+    ``class_averages``; NextPYP ``pkl``; SerialEM/IMOD ``tilt_series`` (software ``serialem``,
+    one tilt series; roles ``mdoc``, ``rawtlt``, ``tlt``, ``xf``, ``tilt_series``, ``tomogram_0``,
+    ``tomogram_1``…, ``config``). ``files`` maps a role to an absolute path, e.g.
     ``{"star": ".../CtfFind/job005/micrographs_ctf.star"}`` or, for Class2D,
     ``{"data_star": ..., "model_star": ..., "classes_mrcs": ...}``.
     """
@@ -83,7 +85,7 @@ class JobDiscovered(EventData):
     verb: ClassVar[str] = "discovered"
 
     dataset: str
-    software: Literal["relion", "cryosparc", "nextpyp", "ctffind"]
+    software: Literal["relion", "cryosparc", "nextpyp", "ctffind", "serialem"]
     job_type: str
     project_dir: str = Field(description="Absolute path of the project root (RELION paths are relative to it).")
     job_dir: str = Field(description="Absolute path of the job folder.")
@@ -182,16 +184,88 @@ class RenderCompleted(EventData):
     verb: ClassVar[str] = "completed"
 
     dataset: str
-    image_kind: Literal["micrograph", "power_spectrum", "class_average"]
+    image_kind: Literal[
+        "micrograph",
+        "power_spectrum",
+        "class_average",
+        "class_average_montage",
+        "particle_picks",
+        "tilt_series_slice",
+        "tomogram_slice",
+    ]
     name: str = Field(description="micrograph_name, or `<job>/<iteration>/class_NNN` for class averages.")
     source: str = Field(description="The image file rendered (absolute path).")
     artifact_uri: str
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     method: str = Field(description="How it was made, e.g. `ctffind_diagnostic` or `computed_periodogram`.")
+    params_tag: str | None = Field(
+        default=None,
+        description="Render parameters' tag when not the defaults (see RenderRequested); None for the default render.",
+    )
 
     def about(self) -> str:
         return f"{self.dataset}/{self.name}"
+
+
+class RenderRequested(EventData):
+    """Command: render a dataset's images again, with these parameters (``cryobus reprocess --stage render``).
+
+    The render service replays the discovery events (``exposure.discovered``, ``job.discovered``)
+    of ``dataset`` from the event stream (those published at or after ``since``, if given) and
+    renders them with ``params``. Non-default parameters write beside the default images, under
+    ``<dataset>/renders/<params_tag>/``; an image that already exists there is not redone, so the
+    same request twice does no duplicate work.
+    """
+
+    domain: ClassVar[str] = "render"
+    verb: ClassVar[str] = "requested"
+    kind: ClassVar[Literal["event", "command"]] = "command"
+
+    dataset: str
+    since: str | None = Field(default=None, description="ISO 8601 time; only discovery events published since then.")
+    params: dict[str, object] = Field(
+        default_factory=dict,
+        description="Render parameters overriding the defaults, by name (see services/render/params.py).",
+    )
+
+
+class PortalMetadataWritten(EventData):
+    """One tilt series' CryoET Data Portal metadata was written (see docs/cryoet-portal.md).
+
+    Every file is also announced by ``artifact.stored`` (zarr chunks included); this event lists
+    the metadata files and the OME-Zarr roots. Keys live under ``<dataset>/cryoet/``, the portal
+    bucket root: ``<portal_dataset_id>/<run_name>/...``.
+    """
+
+    domain: ClassVar[str] = "cryoet"
+    verb: ClassVar[str] = "written"
+
+    dataset: str
+    portal_dataset_id: int = Field(description="The portal dataset id (`dataset.dataset_identifier` of the config).")
+    deposition_id: int
+    run_name: str = Field(description="The portal run (folder) name.")
+    source_dir: str = Field(description="The tilt-series folder (absolute path).")
+    config: str = Field(description="The dataset config YAML used (absolute path).")
+    voxel_spacings_A: list[float] = Field(
+        default_factory=list,
+        description="Voxel spacing (Å) of each `VoxelSpacing<vs:.3f>` folder written; empty without tomograms.",
+    )
+    artifact_uris: list[str] = Field(description="URIs of the metadata JSON, .rawtlt and NDJSON files written.")
+    omezarr_uris: list[str] = Field(
+        default_factory=list, description="URIs of the OME-Zarr roots (their chunks are announced one by one)."
+    )
+    files_written: int = Field(ge=0, description="Every file written, zarr chunks included.")
+    missing_config_fields: list[str] = Field(
+        default_factory=list,
+        description="Config fields the portal needs that neither the config nor the files give. Always empty "
+        "here: a run with missing fields fails with `metadata.failed` instead (its reason lists them all).",
+    )
+    derived_from: dict[str, str] = Field(default_factory=dict, description="Derived fact -> the file it came from.")
+    warnings: list[str] = Field(default_factory=list, description="Inconsistencies that did not stop the run.")
+
+    def about(self) -> str:
+        return f"{self.dataset}/{self.run_name}"
 
 
 class ProcessingFailed(EventData):
@@ -225,6 +299,65 @@ class ProcessingFailed(EventData):
         return self.file or self.dataset
 
 
+GradeLetter = Literal["A", "B", "C", "D", "F"]
+
+
+class LabelRecorded(EventData):
+    """A labeler graded a 2D class average in the labelling web app (or undid their last grade).
+
+    One event per grade action, published after the grade is committed to the label store
+    (through its outbox, so a grade saved while NATS is down is announced later, never lost).
+    Grades: A best … F unusable (numerically A=1 … F=5, tkteach's category order). The class is
+    named by its stable id (dataset, job, iteration, class number; docs/labelling.md).
+    """
+
+    domain: ClassVar[str] = "label"
+    verb: ClassVar[str] = "recorded"
+
+    dataset: str
+    class_uid: str = Field(description="Stable class id `<dataset>/<job>/it<NNN>/class_<KKK>` (`final` without iteration).")
+    job: str = Field(description="Job folder relative to the parent of its project, e.g. `sppractice/Class2D/job010`.")
+    iteration: int | None = Field(default=None, description="Iteration the class comes from; None without one.")
+    class_number: int = Field(ge=0, description="As the source numbers it: RELION 1-based, CryoSPARC 0-based.")
+    labeler: str = Field(description="The labeler's e-mail identity.")
+    grade: GradeLetter | None = Field(description="The labeler's grade now; None when an undo removed it.")
+    previous_grade: GradeLetter | None = Field(default=None, description="The labeler's grade before this action.")
+    action: Literal["graded", "undone"]
+    revision: int = Field(ge=1, description="Id of this action in the label store's grade history (increasing).")
+    recorded_at: str = Field(description="When the grade was saved, ISO 8601 UTC.")
+
+    def about(self) -> str:
+        return self.class_uid
+
+
+class TrainingSetExported(EventData):
+    """A training set of graded class averages was written to the artifact store.
+
+    Files under ``labelling/training_sets/<export_id>/``: ``manifest.json`` (definitions, counts,
+    every file's sha256), ``training_set.csv`` and ``.parquet`` (one row per class: stable id, the
+    six model features, per-labeler grades, consensus target), ``images/*.mrcs`` (float32 class
+    averages, lossless). Each file is also announced by ``artifact.stored``. ``export_id`` is
+    derived from the content, so exporting the same labels twice writes the same files.
+    """
+
+    domain: ClassVar[str] = "training_set"
+    verb: ClassVar[str] = "exported"
+
+    export_id: str
+    manifest_uri: str
+    table_uri: str = Field(description="training_set.csv")
+    table_parquet_uri: str = Field(description="training_set.parquet (same rows, typed columns)")
+    image_uris: list[str] = Field(description="The float32 MRC stacks holding the classes' images.")
+    classes: int = Field(ge=0, description="Rows in the table.")
+    labelers: list[str] = Field(description="Labelers whose grades are in the table (e-mail).")
+    datasets: list[str]
+    include_partial: bool = Field(description="True: classes graded by some labelers are included too.")
+    requested_by: str | None = None
+
+    def about(self) -> str:
+        return self.export_id
+
+
 EVENT_TYPES: tuple[type[EventData], ...] = (
     ExposureDiscovered,
     JobDiscovered,
@@ -234,7 +367,11 @@ EVENT_TYPES: tuple[type[EventData], ...] = (
     ArtifactStored,
     MetadataUpdated,
     RenderCompleted,
+    RenderRequested,
     ProcessingFailed,
+    PortalMetadataWritten,
+    LabelRecorded,
+    TrainingSetExported,
 )
 
 _BY_TYPE = {cls.static_type(): cls for cls in EVENT_TYPES if cls is not ProcessingFailed}

@@ -356,3 +356,43 @@ def read_tiff_image(
         if isinstance(err, FileNotFoundError):
             raise
         raise InputError(f"cannot decode TIFF: {err}", file=str(path), field="tiff") from err
+
+
+def read_slab(
+    path: str | os.PathLike,
+    *,
+    axis: Literal["z", "y"],
+    center: int,
+    thickness: int = 1,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> tuple[np.ndarray, MrcHeader]:
+    """Mean of ``thickness`` planes of a volume around plane ``center``, as float32.
+
+    Args:
+        path: MRC volume (a tomogram ``.mrc``/``.rec``).
+        axis: ``"z"`` averages sections (xy planes, result (ny, nx)); ``"y"`` averages rows
+            (xz planes, result (nz, nx)), for volumes written with the thin axis along y (IMOD
+            ``tilt`` output before ``trimvol -rx``).
+        center: 0-based index of the middle plane along ``axis``.
+        thickness: planes averaged (clipped to the volume).
+        max_bytes: see :func:`read_header`.
+
+    Returns:
+        ``(plane, header)``; only the planes averaged are read.
+
+    Raises:
+        InputError: as :func:`read_header`; field ``section`` when ``center`` is outside the volume.
+    """
+    path = Path(path)
+    header = read_header(path, max_bytes=max_bytes)
+    n = header.nz if axis == "z" else header.ny
+    if not 0 <= center < n:
+        raise InputError(f"plane {center} outside the volume (0..{n - 1} along {axis})", file=str(path), field="section")
+    lo = max(0, center - thickness // 2)
+    hi = min(n, lo + max(1, thickness))
+    data = _memmap(path, header)
+    try:
+        block = data[lo:hi] if axis == "z" else data[:, lo:hi, :]
+        return np.asarray(block, dtype=np.float32).mean(axis=0 if axis == "z" else 1), header
+    finally:
+        del data

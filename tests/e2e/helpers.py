@@ -62,13 +62,13 @@ def events_in_state_dir(state_dir: Path) -> list[Any]:
         server.stop()
 
 
-def consumer_idle(url: str, durables: list[str]) -> bool:
+def consumer_idle(url: str, durables: list[str], stream: str = "CRYOBUS_EVENTS") -> bool:
     async def main():
         nc = await nats.connect(url)
         js = nc.jetstream()
         try:
             for d in durables:
-                info = await js.consumer_info("CRYOBUS_EVENTS", d)
+                info = await js.consumer_info(stream, d)
                 if info.num_pending or info.num_ack_pending:
                     return False
             return True

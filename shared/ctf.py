@@ -62,6 +62,53 @@ def spatial_frequency_grid(shape: tuple[int, int], pixel_size_A: float) -> tuple
     return gy, gx
 
 
+def ctf_phase(
+    gx: np.ndarray,
+    gy: np.ndarray,
+    *,
+    defocus_u_A: float,
+    defocus_v_A: float,
+    defocus_angle_deg: float,
+    voltage_kV: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    phase_shift_rad: float = 0.0,
+) -> np.ndarray:
+    """The total phase ``χ(g, α)`` (rad, including the amplitude-contrast term) at frequencies (gx, gy).
+
+    ``CTF = -sin(ctf_phase(...))``; the CTF's zeros (Thon rings) are where it equals nπ.
+
+    Args:
+        gx, gy: spatial frequencies along x (MRC columns) and y (MRC rows), 1/Å; any
+            broadcastable float arrays. The azimuth α is ``atan2(gy, gx)``.
+        defocus_u_A, defocus_v_A, defocus_angle_deg, voltage_kV, cs_mm, amplitude_contrast,
+        phase_shift_rad: as for :func:`ctf_2d`.
+
+    Returns:
+        float64 array of the broadcast shape.
+
+    Raises:
+        InputError: non-positive voltage, negative Cs, or w outside [0, 1) (field named).
+    """
+    if not cs_mm >= 0:
+        raise InputError(f"spherical aberration must be >= 0 mm, got {cs_mm}", field="cs_mm")
+    if not 0.0 <= amplitude_contrast < 1.0:
+        raise InputError(f"amplitude contrast must be in [0, 1), got {amplitude_contrast}", field="amplitude_contrast")
+    wavelength = electron_wavelength_A(voltage_kV)
+    cs_A = cs_mm * 1e7
+    g2 = gx * gx + gy * gy
+    azimuth = np.arctan2(gy, gx)
+    angle = math.radians(defocus_angle_deg)
+    defocus = 0.5 * (defocus_u_A + defocus_v_A + (defocus_u_A - defocus_v_A) * np.cos(2.0 * (azimuth - angle)))
+    amplitude_phase = math.atan(amplitude_contrast / math.sqrt(1.0 - amplitude_contrast**2))
+    return (
+        math.pi * wavelength * defocus * g2
+        - 0.5 * math.pi * cs_A * wavelength**3 * g2 * g2
+        + phase_shift_rad
+        + amplitude_phase
+    )
+
+
 def ctf_2d(
     shape: tuple[int, int],
     pixel_size_A: float,
@@ -99,23 +146,11 @@ def ctf_2d(
     """
     if not pixel_size_A > 0:
         raise InputError(f"pixel size must be > 0 Å/px, got {pixel_size_A}", field="pixel_size_A")
-    if not cs_mm >= 0:
-        raise InputError(f"spherical aberration must be >= 0 mm, got {cs_mm}", field="cs_mm")
-    if not 0.0 <= amplitude_contrast < 1.0:
-        raise InputError(f"amplitude contrast must be in [0, 1), got {amplitude_contrast}", field="amplitude_contrast")
-    wavelength = electron_wavelength_A(voltage_kV)
-    cs_A = cs_mm * 1e7
     gy, gx = spatial_frequency_grid(shape, pixel_size_A)
-    g2 = gx * gx + gy * gy
-    azimuth = np.arctan2(gy, gx)
-    angle = math.radians(defocus_angle_deg)
-    defocus = 0.5 * (defocus_u_A + defocus_v_A + (defocus_u_A - defocus_v_A) * np.cos(2.0 * (azimuth - angle)))
-    amplitude_phase = math.atan(amplitude_contrast / math.sqrt(1.0 - amplitude_contrast**2))
-    chi = (
-        math.pi * wavelength * defocus * g2
-        - 0.5 * math.pi * cs_A * wavelength**3 * g2 * g2
-        + phase_shift_rad
-        + amplitude_phase
+    chi = ctf_phase(
+        gx, gy,
+        defocus_u_A=defocus_u_A, defocus_v_A=defocus_v_A, defocus_angle_deg=defocus_angle_deg,
+        voltage_kV=voltage_kV, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast, phase_shift_rad=phase_shift_rad,
     )
     ctf = -np.sin(chi)
     if centered:
