@@ -117,7 +117,7 @@ class Renderer:
     def computed_spectrum(self, *, dataset: str, name: str, image: np.ndarray, source: Path,
                           ctf: ctf_overlay.CtfParams | None) -> None:
         p = self.params
-        img = power_spectrum.spectrum_preview(power_spectrum.periodogram(image, tile=p.spectrum_tile), size=p.spectrum_size)
+        img = power_spectrum.spectrum_preview(power_spectrum.periodogram(image, tile=p.spectrum_tile, overlap=p.spectrum_overlap), size=p.spectrum_size)
         method = "computed_periodogram"
         if ctf is not None and p.ctf_overlay == "rings":
             img, method = ctf_overlay.draw_rings(img, ctf), "computed_periodogram+ctf_rings"
