@@ -40,6 +40,16 @@ One pass over a folder tree (:func:`scan_tree`) sorts what it meets into:
 * **NextPYP**: a folder with a ``pkl/`` folder of ``*.pkl`` files, one :class:`JobDiscovered`
   (``job_type`` ``pkl``, ``files["pkl_dir"]``). As for RELION, the rest of that folder is
   NextPYP's own and is not scanned for exposures.
+* **Tilt series** (SerialEM / IMOD, see :mod:`tilt_series` for the grouping rules): a folder
+  holding a tilt-series ``.mdoc`` (``[ZValue]`` sections) or IMOD ``.rawtlt``/``.tlt`` gives one
+  :class:`JobDiscovered` per tilt series (``software`` ``serialem``, ``job_type``
+  ``tilt_series``, ``job_dir`` the folder) with the roles present among ``mdoc``, ``rawtlt``,
+  ``tlt``, ``xf``, ``tilt_series`` (the stack; ``.st`` before ``.mrcs``, ``.mrc``, ``.ali``),
+  ``tomogram_0``, ``tomogram_1``… (by name) and ``config``: the nearest ``cryoet_dataset.yaml``
+  in the folder or a parent, up to the root (``project_dir`` is its folder, else the tilt-series
+  folder). A volume still being written holds the event back; one that can never be read (not an
+  MRC) is refused and left out. The folder's other files are not exposures or CTFFIND outputs
+  (tilt movies, per-tilt CTF fits); its sub-folders are scanned as usual.
 * **Plain micrograph folders**: every other ``*.mrc``, ``*.tif``, ``*.tiff``, ``*.eer`` becomes
   one :class:`ExposureDiscovered`. Hidden names (``.*``, including ``.snapshot`` folders on
   NetApp NFS) and temporary names (``*.tmp``, ``*~``) are skipped.
@@ -64,6 +74,16 @@ from pathlib import Path
 
 from cryobus.services.ingest.roots import AllowedRoots
 from cryobus.services.ingest.stability import MRC_SUFFIXES
+from cryobus.services.ingest.tilt_series import (
+    AMBIGUOUS_SUFFIXES,
+    CONFIG_NAME,
+    STACK_PRIORITY,
+    TOMOGRAM_SUFFIXES,
+    VOLUME_SUFFIXES,
+    TiltSeriesFiles,
+    group_tilt_series,
+    series_stem,
+)
 from cryobus.shared.errors import InputError
 from cryobus.shared.events.envelope import content_digest, stable_event_id
 from cryobus.shared.events.models import ExposureDiscovered, JobDiscovered
@@ -100,6 +120,8 @@ _EXPORTED_CS_SUFFIX = "_exported.cs"
 CRYOSPARC_CTFFIND_DIR = "ctffind_output"
 _CTFFIND_MAGIC = b"# output from ctffind"
 
+# MRC-format files whose completeness is checked: tilt-series stacks and tomograms too.
+MRC_LIKE_SUFFIXES = MRC_SUFFIXES | frozenset(VOLUME_SUFFIXES)
 # read_header's fields that no amount of waiting can fix (see shared/formats/mrc.py).
 _PERMANENT_MRC_FIELDS = frozenset({"map", "mode", "nsymbt"})
 
@@ -212,7 +234,7 @@ class _Scan:
         written first by every writer, so a defect in it is not a file still being written;
         a short file or a short data block is. The header is kept for the pixel size.
         """
-        if path.suffix.lower() not in MRC_SUFFIXES:
+        if path.suffix.lower() not in MRC_LIKE_SUFFIXES:
             return True
         from cryobus.shared.formats.mrc import read_header  # lazy: keeps ingest's import light
 
@@ -447,6 +469,65 @@ class _Scan:
             )
         )
 
+    # -- tilt series (SerialEM / IMOD) ------------------------------------------------------
+    def tilt_series(self, folder: Path, groups: list[TiltSeriesFiles]) -> None:
+        config = self._dataset_config(folder)
+        for group in groups:
+            self._one_tilt_series(folder, group, config)
+
+    def _dataset_config(self, folder: Path) -> Path | None:
+        """The nearest ``cryoet_dataset.yaml`` in ``folder`` or a parent, up to (and in) its root."""
+        try:
+            root = self.allowed.root_of(folder)
+        except InputError:
+            return None
+        for candidate in (folder, *folder.parents):
+            path = candidate / CONFIG_NAME
+            if path.is_file():
+                return path
+            if candidate == root or not candidate.is_relative_to(root):
+                return None
+        return None
+
+    def _one_tilt_series(self, folder: Path, group: TiltSeriesFiles, config: Path | None) -> None:
+        """Announce one tilt series once all its files are ready; volumes become stack or tomograms."""
+        named = {"mdoc": group.mdoc, "rawtlt": group.rawtlt, "tlt": group.tlt, "xf": group.xf, "config": config}
+        files = self._all_ready({role: p for role, p in named.items() if p is not None})
+        if files is None:
+            return
+        stacks, tomograms = [], []
+        for path in sorted(group.volumes):
+            waiting = len(self.result.pending)
+            ready = self.ready(path)
+            if ready is None:
+                if len(self.result.pending) > waiting:
+                    return  # still being written: announce the whole tilt series later
+                continue  # refused (not an MRC) or vanished: not part of it
+            suffix = path.suffix.lower()
+            header = self._headers.pop(ready[0], None)
+            if suffix in TOMOGRAM_SUFFIXES or (
+                suffix in AMBIGUOUS_SUFFIXES and (header is None or header.nz != group.n_angles)  # type: ignore[attr-defined]
+            ):
+                tomograms.append(ready)
+            else:
+                rank = (STACK_PRIORITY[suffix], series_stem(path.name) != group.stem, path.name)
+                stacks.append((rank, ready))
+        if stacks:
+            files["tilt_series"] = min(stacks, key=lambda s: s[0])[1]
+        for i, ready in enumerate(tomograms):
+            files[f"tomogram_{i}"] = ready
+        self.emit(
+            JobDiscovered(
+                dataset=self.result.dataset,
+                software="serialem",
+                job_type="tilt_series",
+                project_dir=str(config.parent if config else folder),
+                job_dir=str(folder),
+                files={role: str(p) for role, (p, _) in files.items()},
+                fingerprint=fingerprint(files.values()),
+            )
+        )
+
     # -- plain exposures -------------------------------------------------------------------
     def exposure(self, path: Path) -> None:
         fmt = EXPOSURE_FORMATS.get(path.suffix.lower())
@@ -608,6 +689,10 @@ def scan_tree(
             scan.nextpyp(folder)
             dirnames[:] = []
             continue
+        tilt_series = group_tilt_series(folder, [n for n in filenames if not _hidden_or_temp(n)])
+        if tilt_series:
+            scan.tilt_series(folder, tilt_series)
+            continue  # its files are the tilt series'; sub-folders are scanned as usual
         diagnostics = scan.ctffind_outputs(folder, filenames, project_dir=folder, job_dir=folder)
         for name in filenames:
             if Path(name).stem in diagnostics:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from cryobus.services.ingest.ledger import Ledger
-from cryobus.services.ingest.recognise import ScanResult, discovery_id, scan_tree
+from cryobus.services.ingest.recognise import MRC_LIKE_SUFFIXES, ScanResult, discovery_id, scan_tree
 from cryobus.services.ingest.roots import AllowedRoots, dataset_name
 from cryobus.services.ingest.stability import StabilityTracker
 from cryobus.shared.bus.service import HandlerContext, Service
@@ -61,7 +61,7 @@ class Ingest:
         out = []
         now = time.time()
         for path in result.pending:
-            if path.suffix.lower() not in (".mrc", ".mrcs"):
+            if path.suffix.lower() not in MRC_LIKE_SUFFIXES:
                 continue
             try:
                 st = os.stat(path)

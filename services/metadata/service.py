@@ -283,6 +283,11 @@ def _partials(ctx: HandlerContext, records: list[SourceRecord]) -> list[Partial]
 def on_job(event: Envelope[JobDiscovered], ctx: HandlerContext) -> None:
     """Parse one source into a partial, store it, and bring the dataset's tables up to date."""
     job = event.data
+    from cryobus.services.metadata import tomography  # tilt series: CryoET portal metadata, not the table
+
+    if tomography.handles(job):
+        tomography.write_tilt_series(ctx, job)
+        return
     source = SOURCES.get((job.software, job.job_type))
     if source is None:
         return  # e.g. Class2D, AutoPick: nothing for the metadata table

@@ -26,6 +26,7 @@ def write_mrc(path: Path, shape_zyx: tuple[int, int, int], voxel_size_A: float, 
 CONFIG = {
     "deposition_id": 10000,
     "dataset": {
+        "dataset_identifier": 10001,
         "title": "S. pombe lamellae, Volta phase plate",
         "description": "Cryo-ET of cryo-FIB lamellae of S. pombe cells.",
         "dates": {"deposition_date": "2023-04-01", "release_date": "2023-06-01", "last_modified_date": "2023-06-01"},

@@ -80,3 +80,14 @@ def test_derivable_fields_are_missing_only_when_the_files_lack_them(config_dict,
         "reconstruction_software": "IMOD", "processing": "raw", "tomogram_version": 1, "voxel_spacing": 21.6,
     }
     assert missing_config_fields(config_dict, derived) == []
+
+
+def test_a_run_without_tomograms_needs_no_voxel_spacing(config_dict, shared_data: Path, tmp_path: Path):
+    """One dataset config (with its tomogram section) serves runs with and without tomograms."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(shared_data / TEAMTOMO / "tilt_series.mdoc", folder / "TS_01.mdoc")
+    config_dict["tiltseries"] |= {"acceleration_voltage": 300000, "total_flux": 120.0}
+    derived = derive(folder)
+    assert derived.tomograms == []
+    assert missing_config_fields(config_dict, derived) == []

@@ -78,6 +78,7 @@ class KeyPhotos(_Section):
 class DatasetSection(_Section):
     """-> dataset_metadata.json"""
 
+    dataset_identifier: int = Field(ge=1)  # portal-assigned; the dataset folder name
     title: str
     description: str
     dates: Dates
@@ -252,8 +253,8 @@ def _empty(value: Any) -> bool:
 
 
 def _derived_has(derived: DerivedFacts, attr: str) -> bool:
-    if attr == "tomograms":
-        return bool(derived.tomograms) and all(t.voxel_size_A for t in derived.tomograms)
+    if attr == "tomograms":  # a run without tomograms needs no voxel spacing
+        return all(t.voxel_size_A for t in derived.tomograms)
     return getattr(derived, attr) is not None
 
 

@@ -182,6 +182,7 @@ def derive(
     xf: str | os.PathLike | None = None,
     tilt_series: str | os.PathLike | None = None,
     tomograms: list[str | os.PathLike] | None = None,
+    search: bool = True,
 ) -> DerivedFacts:
     """Derive what can be derived from a tilt-series folder.
 
@@ -195,6 +196,8 @@ def derive(
         run_name: the portal run name; default the tilt-series (or mdoc) file stem, else the
             folder name.
         mdoc, tilt_angles, xf, tilt_series, tomograms: explicit files, overriding the search.
+        search: when false, use only the explicit files (a folder may hold several tilt series;
+            ingest names each one's files).
 
     Returns:
         :class:`DerivedFacts`.
@@ -218,7 +221,7 @@ def derive(
     summary: MdocSummary | None = None
     if mdoc is not None:
         summary = read_mdoc(mdoc)
-    else:
+    elif search:
         candidates = []
         for path in by_suffix(".mdoc"):
             try:
@@ -230,11 +233,11 @@ def derive(
         chosen = _pick_one([c.path for c in candidates], "mdoc", folder, stem_hint and _stem(Path(stem_hint)))
         summary = next((c for c in candidates if c.path == chosen), None)
 
-    angle_file = Path(tilt_angles) if tilt_angles is not None else (
-        _pick_one(by_suffix(".rawtlt"), "rawtlt", folder, None) or _pick_one(by_suffix(".tlt"), "tlt", folder, None)
-    )
+    angle_file = Path(tilt_angles) if tilt_angles is not None else None
+    if angle_file is None and search:
+        angle_file = _pick_one(by_suffix(".rawtlt"), "rawtlt", folder, None) or _pick_one(by_suffix(".tlt"), "tlt", folder, None)
     file_angles = read_tilt_angles(angle_file) if angle_file else None
-    xf_file = Path(xf) if xf is not None else _pick_one(by_suffix(".xf"), "xf", folder, None)
+    xf_file = Path(xf) if xf is not None else (_pick_one(by_suffix(".xf"), "xf", folder, None) if search else None)
     xf_rot = [float(a) for a in xf_rotation_deg(read_xf(xf_file))] if xf_file else []
 
     angles: list[float] = []
@@ -252,7 +255,7 @@ def derive(
     # --- MRC volumes --------------------------------------------------------------------------
     ts_facts = volume_facts(tilt_series) if tilt_series is not None else None
     tomo_facts = [volume_facts(p) for p in tomograms] if tomograms is not None else None
-    if ts_facts is None or tomo_facts is None:
+    if search and (ts_facts is None or tomo_facts is None):
         found_ts = [volume_facts(p) for p in by_suffix(*TILT_SERIES_SUFFIXES)]
         found_tomo = [volume_facts(p) for p in by_suffix(*TOMOGRAM_SUFFIXES)]
         for path in by_suffix(*AMBIGUOUS_SUFFIXES):

@@ -154,7 +154,7 @@ def write_portal_layout(
     config: DatasetConfig,
     derived: DerivedFacts,
     *,
-    dataset_id: int,
+    dataset_id: int | None = None,
     run_name: str | None = None,
     tomograms: Sequence[VolumeFacts | str | os.PathLike] | None = None,
     point_annotations: Sequence[PointAnnotation] = (),
@@ -167,7 +167,8 @@ def write_portal_layout(
         out_dir: the bucket root (a local folder); files are replaced atomically.
         config: the dataset config (:func:`~cryobus.services.metadata.cryoet.config.load_config`).
         derived: facts from :func:`~cryobus.services.metadata.cryoet.derive.derive`.
-        dataset_id: the portal dataset id (folder name).
+        dataset_id: the portal dataset id (folder name); default the config's
+            ``dataset.dataset_identifier``.
         run_name: the run folder; default ``derived.run_name``.
         tomograms: tomogram MRCs to publish (default ``derived.tomograms``); each gets an
             OME-Zarr copy with 3 scales (100/50/25 %) unless ``write_zarr`` is false.
@@ -194,6 +195,8 @@ def write_portal_layout(
     run = run_name or derived.run_name
     if not _SAFE_RUN.match(run):
         raise InputError(f"run name {run!r} is not a safe folder name", file=str(derived.folder), field="run_name")
+    if dataset_id is None:
+        dataset_id = config.dataset.dataset_identifier
     stamp = float(_first_set(last_updated_at, derived.newest_input_mtime or None, time.time()))
     common = {"deposition_id": config.deposition_id, "last_updated_at": stamp}
     ds_key, run_key = f"{dataset_id}", f"{dataset_id}/{run}"
