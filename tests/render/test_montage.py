@@ -48,3 +48,30 @@ def test_montage_refuses_mismatched_input():
         montage.montage([img, img], [montage.ClassLabel(1)])
     with pytest.raises(ValueError, match="no class averages"):
         montage.montage([], [])
+
+
+def test_cryosparc_class_labels_from_a_cryosparc_tools_fixture(tmp_path):
+    """No real CryoSPARC 2D job is in shared/data: the class-averages and particles .cs are written
+    with cryosparc-tools from the documented fields (``blob/idx``, ``blob/res_A``, ``alignments2D/class``)."""
+    from cryosparc.dataset import Dataset
+
+    classes = Dataset.allocate(3, [("blob/path", "O"), ("blob/idx", "<u4"), ("blob/res_A", "<f4")])
+    classes["blob/path"] = ["J9/J9_020_class_averages.mrc"] * 3
+    classes["blob/idx"] = [0, 1, 2]
+    classes["blob/res_A"] = [8.5, 12.0, 30.0]
+    cs = tmp_path / "J9_020_class_averages.cs"
+    classes.save(cs)
+    particles = Dataset.allocate(6, [("alignments2D/class", "<u4")])
+    particles["alignments2D/class"] = [0, 0, 0, 2, 2, 0]
+    particles.save(tmp_path / "J9_020_particles.cs")
+    job = JobDiscovered(dataset="d", software="cryosparc", job_type="class_averages", project_dir=str(tmp_path),
+                        job_dir=str(tmp_path), iteration=20, fingerprint="x",
+                        files={"cs": str(cs), "mrc": str(tmp_path / "J9_020_class_averages.mrc")})
+    from cryobus.services.render.service import _cryosparc_class_labels
+
+    labels = _cryosparc_class_labels(job)
+    assert labels == {
+        0: montage.ClassLabel(0, 4, pytest.approx(8.5)),
+        1: montage.ClassLabel(1, 0, pytest.approx(12.0)),
+        2: montage.ClassLabel(2, 2, pytest.approx(30.0)),
+    }
