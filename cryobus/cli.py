@@ -1,4 +1,4 @@
-"""The ``cryobus`` command line: up, run, ingest, reprocess, demo, schema, status."""
+"""The ``cryobus`` command line: up, run, ingest, reprocess, dlq, demo, schema, status."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ def _settings(args: argparse.Namespace, **extra: object):
         overrides["dataset"] = args.dataset
     if getattr(args, "state_dir", None):
         overrides["state_dir"] = Path(args.state_dir)
+    if getattr(args, "http_port", None) is not None:
+        overrides["labelling_port"] = args.http_port
+    if getattr(args, "http_host", None):
+        overrides["labelling_host"] = args.http_host
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
@@ -144,6 +148,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(print_status(settings))
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from cryobus import dlq
+    from cryobus.shared.bus.connection import connect_with_retry
+    from cryobus.shared.bus.topology import ensure_streams
+
+    settings = _settings(args).model_copy(update={"connect_timeout_s": 5.0})
+
+    async def main() -> int:
+        nc = await connect_with_retry(settings, "cryobus-dlq")
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js)
+            if args.action == "purge":
+                n = await dlq.purge_dead_letters(js, service=args.service)
+                print(f"purged {n} dead letter(s)")
+                return 0
+            seqs = {int(i) for i in args.ids} if args.ids else None
+            letters = await dlq.read_dead_letters(js, service=args.service, since=args.since, seqs=seqs)
+            if args.action == "list":
+                print(f"{len(letters)} dead letter(s)")
+                for letter in letters:
+                    print(dlq.describe(letter))
+            elif args.action == "show":
+                if not letters:
+                    print(f"no dead letter {', '.join(args.ids)}", file=sys.stderr)
+                    return 1
+                for letter in letters:
+                    print(dlq.describe(letter, full=True))
+            elif args.action == "replay":
+                for dlq_seq, seq in await dlq.replay_dead_letters(js, letters):
+                    print(f"replayed dead letter {dlq_seq} (commands stream seq {seq})")
+                print(f"replayed {len(letters)} dead letter(s)")
+            return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cryobus.demo.run import run_demo
 
@@ -169,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replicas", action="append", metavar="SERVICE=N", help="replicas of a service (repeatable)")
     up.add_argument("--exit-when-idle", action="store_true", help="stop once all discovered input is processed")
     up.add_argument("--idle-timeout", type=float, default=3600.0, help="give up waiting for idle after this many s")
+    up.add_argument("--http-port", type=int, metavar="PORT",
+                    help="port of the labelling web app (default: $CRYOBUS_LABELLING_PORT or 8080; 0: a free one)")
+    up.add_argument("--http-host", metavar="ADDR",
+                    help="address the labelling web app binds (default: 127.0.0.1, this machine only)")
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service replica (the container entry point)")
@@ -197,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     sch = sub.add_parser("schema", help="write the JSON Schema of every event")
     sch.add_argument("--out", default="docs/schemas")
     sch.set_defaults(func=cmd_schema)
+
+    dl = sub.add_parser("dlq", help="dead letters: list | show ID | replay [ID...] | purge")
+    common(dl)
+    dl.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dl.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (their DLQ stream sequence), for show/replay")
+    dl.add_argument("--service", help="only this service's dead letters")
+    dl.add_argument("--since", help="only dead letters since this ISO 8601 time")
+    dl.set_defaults(func=cmd_dlq)
 
     st = sub.add_parser("status", help="streams, consumer lag, dead letters")
     common(st)

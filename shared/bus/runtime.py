@@ -40,6 +40,7 @@ from cryobus.shared.bus.topology import (
     ConsumerSpec,
     ensure_consumer,
     ensure_streams,
+    replay_filter,
 )
 from cryobus.shared.config import Settings
 from cryobus.shared.errors import InputError
@@ -88,11 +89,12 @@ class ServiceRuntime:
         events = self.service.subjects("event")
         if events:
             specs.append(ConsumerSpec(EVENTS_STREAM, self.service.name, events, s.ack_wait_s, s.max_deliver))
-        commands = self.service.subjects("command")
-        if commands:
-            specs.append(
-                ConsumerSpec(COMMANDS_STREAM, f"{self.service.name}-commands", commands, s.ack_wait_s, s.max_deliver)
-            )
+        # Every service has a command consumer: its own commands, and its dead letters sent back
+        # by `cryobus dlq replay` (dispatched by the envelope's type like any event).
+        commands = [*self.service.subjects("command"), replay_filter(self.service.name)]
+        specs.append(
+            ConsumerSpec(COMMANDS_STREAM, f"{self.service.name}-commands", commands, s.ack_wait_s, s.max_deliver)
+        )
         return specs
 
     async def provision(self) -> None:

@@ -25,6 +25,16 @@ EVENTS_STREAM = "CRYOBUS_EVENTS"
 COMMANDS_STREAM = "CRYOBUS_COMMANDS"
 DLQ_STREAM = "CRYOBUS_DLQ"
 
+
+def replay_subject(service: str, original_subject: str) -> str:
+    """Where a dead letter is sent back to one service: ``cryobus.commands.<service>.replay.<subject>``."""
+    return f"cryobus.commands.{service}.replay.{original_subject}"
+
+
+def replay_filter(service: str) -> str:
+    """The filter a service's command consumer adds so it receives its replayed dead letters."""
+    return f"cryobus.commands.{service}.replay.>"
+
 EVENTS_SUBJECTS = "cryobus.events.>"
 COMMANDS_SUBJECTS = "cryobus.commands.>"
 DLQ_SUBJECTS = "cryobus.dlq.>"
