@@ -13,6 +13,7 @@ dead letter. If it fails again it comes back as a new dead letter with a new rea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ async def read_dead_letters(
         while True:
             try:
                 msgs = await sub.fetch(256, timeout=0.5)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises either, by version/load
                 break
             for m in msgs:
                 seq = m.metadata.sequence.stream

@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     nats_tls_ca_file: Path | None = None
     nats_tls_cert_file: Path | None = None
     nats_tls_key_file: Path | None = None
+    # Secrets may also come from mounted files (Kubernetes/compose secrets), read at connect
+    # time; set the value or its file, not both (docs/security.md).
+    nats_password_file: Path | None = Field(
+        default=None, description="File holding the NATS password (instead of nats_password)."
+    )
+    nats_token: SecretStr | None = Field(default=None, description="NATS authentication token.")
+    nats_token_file: Path | None = Field(default=None, description="File holding the NATS token (instead of nats_token).")
+    nats_tls_hostname: str | None = Field(
+        default=None, description="Name to verify in the NATS server's certificate when it differs from the URL's host."
+    )
     connect_timeout_s: float = Field(default=120.0, description="How long to retry the initial connect.")
 
     store_url: str = Field(default="file://./cryobus-artifacts", description="Artifact store root URL.")
@@ -55,6 +65,36 @@ class Settings(BaseSettings):
         default=2000, description="Parse at least this many new NextPYP pkls in a pool of worker processes."
     )
 
+    labelling_host: str = Field(
+        default="127.0.0.1", description="Address the labelling web app binds (loopback unless told otherwise)."
+    )
+    labelling_port: int = Field(default=8080, description="Port of the labelling web app (`cryobus up --http-port`); 0: a free one.")
+    labelling_db_url: SecretStr | None = Field(
+        default=None,
+        description="Label store, a SQLAlchemy URL (sqlite:///file or postgresql://user:pass@host/db); "
+        "default <state_dir>/labelling/labels.sqlite.",
+    )
+    labelling_access_token: SecretStr | None = Field(
+        default=None,
+        description="Shared access token of the labelling sign-in form; unset: one is generated into "
+        "<state_dir>/labelling/access_token (unless a trusted proxy header is configured).",
+    )
+    labelling_trusted_header: str | None = Field(
+        default=None, description="Header with the labeler's e-mail set by a trusted reverse proxy (e.g. X-Forwarded-Email)."
+    )
+    labelling_trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"], description="Client addresses whose trusted header is believed."
+    )
+    labelling_cookie_secure: bool = Field(default=False, description="Mark labelling session cookies Secure (HTTPS).")
+
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=0, description="Port for /metrics, /healthz, /readyz (0: pick a free one).")
     log_level: str = "INFO"
+
+    def __repr_args__(self):  # type: ignore[override]
+        # SecretStr fields already print as '**********'; a URL may still carry a password or
+        # token (nats://user:pass@host), so repr()/str() of the settings mask it too.
+        from cryobus.shared.logging import redact
+
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, str) and "://" in value else value

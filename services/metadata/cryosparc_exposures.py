@@ -12,6 +12,7 @@ group a job did not compute is filled with its defaults, 0 for numbers)::
     ctf/df1_A, ctf/df2_A             f4    defocus along the two astigmatism axes, Å
     ctf/df_angle_rad                 f4    astigmatism angle, radians
     ctf/ctf_fit_to_A                 f4    resolution up to which the CTF fit holds, Å
+    ctf/accel_kv, ctf/cs_mm, ctf/amp_contrast  f4  the microscope the fit assumed: kV, mm, fraction
     ctf/cross_corr_ctffind4          f4    CTFFIND's cross-correlation (CTFFIND4 job only; 0 otherwise)
     ctf/fig_of_merit_gctf            f4    GCTF's figure of merit (GCTF job only; 0 otherwise)
     ctf_stats/ice_thickness_rel      f4    Patch CTF's relative ice thickness
@@ -26,6 +27,7 @@ folder first, then to the project directory.
 from __future__ import annotations
 
 import re
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +37,18 @@ from cryosparc.errors import DatasetLoadError
 
 from cryobus.services.metadata.table import CTF_FIT_CTFFIND_CC, CTF_FIT_GCTF_FOM
 from cryobus.shared.errors import InputError
+from cryobus.shared.formats.cryosparc import check_promised_size
 from cryobus.shared.micrograph_names import micrograph_name
 
 MOTION_FROM_RIGID_TRAJECTORY = "cryosparc_rigid_trajectory"
 MOTION_UNAVAILABLE = "unavailable"
 NAME_FIELDS = ("micrograph_blob/path", "micrograph_blob_non_dw/path")
 PIXEL_FIELDS = ("micrograph_blob/psize_A", "micrograph_blob_non_dw/psize_A")
+# Fields read as numbers: a file that stores one of them as text, dates or raw bytes is refused.
+NUMBER_FIELDS = ("uid", *PIXEL_FIELDS, "ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad", "ctf/cross_corr_ctffind4",
+                 "ctf/fig_of_merit_gctf", "ctf/ctf_fit_to_A", "ctf_stats/ctf_fit_to_A", "ctf_stats/ice_thickness_rel",
+                 "rigid_motion/psize_A", "movie_blob/psize_A", "ctf/accel_kv", "ctf/cs_mm",
+                 "ctf/amp_contrast")  # fmt: skip
 
 _JOB_DIR = re.compile(r"^J\d+$")
 
@@ -52,17 +60,21 @@ def load_dataset(path: str | Path) -> Dataset:
         The ``Dataset`` (numeric fields as numpy arrays, string fields as ``str`` object arrays).
 
     Raises:
-        InputError: the file is missing, or cryosparc-tools cannot load it (not a numpy/CSDAT
-            dataset, e.g. a text file named ``.cs``); the reason carries cryosparc-tools' cause.
+        InputError: the file is missing, its header promises more rows than it holds (refused before
+            allocation), or cryosparc-tools cannot load it (not a numpy/CSDAT dataset, e.g. a text
+            file named ``.cs``); the reason carries the cause.
     """
     p = Path(path)
     if not p.is_file():
         raise InputError("CryoSPARC .cs file not found", file=str(p))
     try:
+        check_promised_size(p)  # Dataset.load allocates what the header promises before reading
         return Dataset.load(p)
     except DatasetLoadError as exc:
         cause = exc.__cause__ or exc
         raise InputError(f"not a CryoSPARC dataset (numpy .cs or CSDAT file): {cause}", file=str(p)) from exc
+    except (ValueError, KeyError, TypeError, SyntaxError, tokenize.TokenError) as exc:  # check_promised_size
+        raise InputError(f"not a CryoSPARC dataset (numpy .cs or CSDAT file): {exc}", file=str(p)) from exc
 
 
 def infer_project_dir(cs_path: str | Path) -> Path:
@@ -78,19 +90,24 @@ def infer_project_dir(cs_path: str | Path) -> Path:
     return p.parent
 
 
+def text_value(value: object) -> str:
+    """A field value as ``str``: bytes decoded as UTF-8, and what UTF-8 cannot hold (surrogates, or
+    the code points past U+10FFFF that a corrupt numpy ``U`` field can carry) replaced."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8", "replace")
+
+
 def _text(ds: Dataset, field: str) -> np.ndarray | None:
     if field not in ds.fields():
         return None
-    return np.array(
-        [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in ds[field]], dtype=object
-    )
+    return np.array([text_value(v) for v in ds[field]], dtype=object)
 
 
 def _number(ds: Dataset, field: str, *, zero_is_unset: bool = True) -> np.ndarray:
     """``field`` as float64 (NaN when absent); CryoSPARC's default 0 read as "not estimated" (NaN) unless
     ``zero_is_unset`` is False; a vector field gives its first element."""
     n = len(ds)
-    if field not in ds.fields():
+    if field not in ds.fields() or n == 0:
         return np.full(n, np.nan)
     raw = np.asarray(ds[field]).reshape(n, -1)[:, 0]
     # float32 → the shortest decimal that is that float32 (0.83, not 0.8299999833106995), as prismPYP writes it
@@ -155,12 +172,14 @@ def mean_frame_displacement_A(
         Same formula as RELION's :attr:`MotionTrack.mean_frame_displacement_A`.
 
     Raises:
-        InputError: the file is not a numpy array of that shape (file = the trajectory, ``field``).
+        InputError: the file is not a numpy array of that shape, or its header promises more than
+            it holds (file = the trajectory, ``field``).
     """
     p = Path(trajectory_path)
     try:
+        check_promised_size(p)
         traj = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:
         raise InputError(f"not a numpy trajectory: {exc}", file=str(p), field=field) from exc
     if not isinstance(traj, np.ndarray) or traj.shape[-1:] != (2,) or traj.ndim not in (2, 3) or (
         traj.ndim == 3 and traj.shape[0] != 1
@@ -221,6 +240,7 @@ def exposure_rows(
       see :func:`uid_names`; the merge ignores it);
     * ``mean_defocus`` = (``ctf/df1_A`` + ``ctf/df2_A``) / 2 Å (not df1 alone, prismPYP's bug);
       ``defocus_u_A`` = df1, ``defocus_v_A`` = df2, ``defocus_angle_deg`` = degrees(``ctf/df_angle_rad``);
+      ``voltage_kV`` = ``ctf/accel_kv``, ``cs_mm`` = ``ctf/cs_mm``, ``amplitude_contrast`` = ``ctf/amp_contrast``;
     * ``est_resolution`` = ``ctf/ctf_fit_to_A`` Å, else ``ctf_stats/ctf_fit_to_A``;
     * ``ctf_fit`` = ``ctf/cross_corr_ctffind4`` with ``ctf_fit_source`` = ``ctffind_cross_correlation``
       (a CTFFIND4 job); else ``ctf/fig_of_merit_gctf`` with ``gctf_figure_of_merit``; Patch CTF
@@ -243,7 +263,8 @@ def exposure_rows(
         ``(trajectory path, cs_path, "rigid_motion/path")`` for every trajectory that does not exist.
 
     Raises:
-        InputError: not a loadable dataset; neither path field (field ``micrograph_blob/path``); a
+        InputError: not a loadable dataset; a :data:`NUMBER_FIELDS` field that does not hold numbers
+            (field = that field); neither path field (field ``micrograph_blob/path``); a
             row without any micrograph path; two rows with the same ``micrograph_name`` (field
             ``micrograph_blob/path``); a trajectory that exists but is not a ``(…, n, 2)`` array.
     """
@@ -251,6 +272,9 @@ def exposure_rows(
     file = str(cs)
     project = Path(project_dir) if project_dir is not None else infer_project_dir(cs)
     ds = load_dataset(cs)
+    for f in NUMBER_FIELDS:
+        if f in ds.fields() and np.asarray(ds[f]).dtype.kind not in "biuf":
+            raise InputError(f"field {f} holds {np.asarray(ds[f]).dtype} values, not numbers", file=file, field=f)
     uids = np.asarray(ds["uid"], dtype=np.uint64) if "uid" in ds.fields() else None
     names = _names(ds, uids, file=file)
     dup = pd.Series(names)[pd.Series(names).duplicated()]
@@ -281,6 +305,11 @@ def exposure_rows(
             "ctf_fit_source": pd.Series(fit_source, dtype=object),
             "motion_source": pd.Series(motion_source, dtype=object),
             "pixel_size_A": pixel,
+            # The microscope the fit assumed; Cs and amplitude contrast may legitimately be 0, so a 0
+            # counts only where there is a fit.
+            "voltage_kV": _number(ds, "ctf/accel_kv"),
+            "cs_mm": np.where(has_defocus, _number(ds, "ctf/cs_mm", zero_is_unset=False), np.nan),
+            "amplitude_contrast": np.where(has_defocus, _number(ds, "ctf/amp_contrast", zero_is_unset=False), np.nan),
         }
     )
     frame = frame.sort_values("micrograph_name", kind="stable").reset_index(drop=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryobus.services.metadata.cryosparc_exposures import load_dataset
+from cryobus.services.metadata.cryosparc_exposures import load_dataset, text_value
 from cryobus.shared.errors import InputError
 from cryobus.shared.micrograph_names import micrograph_name
 
@@ -52,14 +52,15 @@ def particle_counts(path: str | Path, *, uid_names: Mapping[int, str] | None = N
     Raises:
         InputError: not a loadable dataset; neither location field (field
             ``location/micrograph_path``); an empty micrograph path; only uids and no ``uid_names``,
-            or uids that ``uid_names`` lacks (field ``location/micrograph_uid``).
+            uids that ``uid_names`` lacks, or uids that are not one integer per row (field
+            ``location/micrograph_uid``).
     """
     file = str(path)
     ds = load_dataset(path)
     fields = ds.fields()
-    uids = np.asarray(ds[UID_FIELD], dtype=np.uint64) if UID_FIELD in fields else None
+    uids = _uids(ds, file=file)
     if PATH_FIELD in fields:
-        paths = np.array([str(v) for v in ds[PATH_FIELD]], dtype=object)
+        paths = np.array([text_value(v) for v in ds[PATH_FIELD]], dtype=object)
         return _count_names(paths, uids, file=file)
     if uids is None:
         raise InputError("particles .cs has no micrograph reference", file=file, field=PATH_FIELD)
@@ -91,12 +92,24 @@ def particle_counts_by_uid(path: str | Path) -> pd.DataFrame:
         Frame sorted by ``micrograph_uid`` (UInt64) with ``num_particles`` (int64).
 
     Raises:
-        InputError: not a loadable dataset, or no ``location/micrograph_uid`` field.
+        InputError: not a loadable dataset, or no ``location/micrograph_uid`` field of one integer per row.
     """
     ds = load_dataset(path)
-    if UID_FIELD not in ds.fields():
+    uids = _uids(ds, file=str(path))
+    if uids is None:
         raise InputError("particles .cs has no micrograph uid", file=str(path), field=UID_FIELD)
-    return _by_uid(np.asarray(ds[UID_FIELD], dtype=np.uint64))
+    return _by_uid(uids)
+
+
+def _uids(ds, *, file: str) -> np.ndarray | None:
+    """``location/micrograph_uid`` as uint64 (n,), None when absent; refused unless one integer per row."""
+    if UID_FIELD not in ds.fields():
+        return None
+    values = np.asarray(ds[UID_FIELD])
+    if values.dtype.kind not in "iu" or values.ndim != 1:
+        raise InputError(f"expected one integer uid per particle, found {values.dtype} {values.shape[1:]}",
+                         file=file, field=UID_FIELD)  # fmt: skip
+    return values.astype(np.uint64)
 
 
 def resolve_uids(by_uid: pd.DataFrame, names: Mapping[int, str]) -> tuple[pd.DataFrame, list[int]]:

@@ -84,13 +84,16 @@ def ctffind_folder_rows(folder: str | Path) -> tuple[pd.DataFrame, float | None,
                 "defocus_angle_deg": fit.astigmatism_azimuth_deg,
                 "ctf_fit_source": CTF_FIT_CTFFIND_CC,
                 "pixel_size_A": np.nan if fit.pixel_size_A is None else fit.pixel_size_A,
+                "voltage_kV": np.nan if fit.voltage_kV is None else fit.voltage_kV,
+                "cs_mm": np.nan if fit.cs_mm is None else fit.cs_mm,
+                "amplitude_contrast": np.nan if fit.amplitude_contrast is None else fit.amplitude_contrast,
             }
         )
         files.append(str(txt))
 
     columns = [
         "micrograph_name", "ctf_fit", "est_resolution", "mean_defocus", "defocus_u_A", "defocus_v_A",
-        "defocus_angle_deg", "ctf_fit_source", "pixel_size_A",
+        "defocus_angle_deg", "ctf_fit_source", "pixel_size_A", "voltage_kV", "cs_mm", "amplitude_contrast",
     ]  # fmt: skip
     frame = pd.DataFrame(rows, columns=columns)
     frame["micrograph_name"] = frame["micrograph_name"].astype(object)

@@ -18,9 +18,16 @@ names. :func:`load_pkl` therefore uses an unpickler whose ``find_class`` resolve
 RangeIndex/BlockManager rebuilding, pandas 3 Arrow-backed strings, ``slice``/``bytearray``/
 ``_codecs.encode``) and refuses every other global — ``os.system``, ``builtins.eval``,
 ``subprocess.Popen``, ``copyreg._reconstructor`` … — before it is resolved, so it is never called.
-None of the allowed globals can run code, import a module, or touch files; what remains possible is
-a well-formed but absurd array (memory), bounded by :data:`MAX_PKL_BYTES` for in-band data.
-Arrow arrays rebuilt from a pickle are fully validated before pandas sees them.
+None of the allowed globals can run code, import a module, or touch files. Nor may a small pickle
+make them allocate gigabytes: ``bytearray`` is built from bytes only, never from a size; numpy's
+``_reconstruct`` builds an array of at most :data:`MAX_RECONSTRUCT_BYTES` (numpy itself always
+pickles an empty array there, then fills it from in-band bytes); ``ndarray``, ``Index`` and
+``RangeIndex`` may only be passed to those rebuilders, never called; a ``RangeIndex`` has at most
+:data:`MAX_FRAME_ROWS` rows; ``DataFrame``/``Series`` are only created empty and filled from their
+pickled state (never built from arguments, which could broadcast a scalar over a huge index); a
+frame used by :func:`pkl_row` must be well formed and hold at most :data:`MAX_FRAME_CELLS` cells.
+In-band data is bounded by :data:`MAX_PKL_BYTES`. Arrow arrays rebuilt from a pickle are fully
+validated before pandas sees them.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy._core.multiarray import _reconstruct as _numpy_reconstruct
+from pandas.core.indexes.base import _new_Index as _pandas_new_index
 
 from cryobus.services.metadata.relion_table import MOTION_UNAVAILABLE
 from cryobus.services.metadata.table import COLUMNS, CTF_FIT_CTFFIND_CC, FLOAT_COLUMNS, NEXTPYP_PKL, Partial
@@ -46,6 +55,10 @@ MOTION_FROM_NEXTPYP_DRIFT = "nextpyp_drift"
 
 # A NextPYP pkl is a few KiB to a few MiB (ctf_avrot profiles dominate); anything larger is not one.
 MAX_PKL_BYTES = 256 * 1024 * 1024
+# NextPYP frames have at most ~10⁴ rows (box: one per particle) and a handful of columns.
+MAX_FRAME_ROWS = 1_000_000
+MAX_FRAME_CELLS = 10_000_000
+MAX_RECONSTRUCT_BYTES = 1 << 20
 
 # |mean_df − (DF1 + DF2)/2| above this (Å) means the ctf frame contradicts itself (NextPYP writes
 # mean_df = (df1 + df2)/2 from the same CTFFIND numbers, pyp/ctf/core.py).
@@ -62,6 +75,59 @@ def _validated_arrow_array(data: Any) -> Any:
     return array
 
 
+class _ClassArgument:
+    """A class a pickle may only hand to an allowed rebuilder (``_reconstruct``, ``_new_Index``): not
+    callable and not a type, so ``REDUCE``/``NEWOBJ`` on it fail instead of allocating."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+_NDARRAY = _ClassArgument("numpy.ndarray")
+_INDEX_CLASSES = {_ClassArgument("pandas.Index"): pd.Index, _ClassArgument("pandas.RangeIndex"): pd.RangeIndex}
+_INDEX, _RANGE_INDEX = _INDEX_CLASSES
+
+
+def _bytearray(*args: Any) -> bytearray:
+    if args and isinstance(args[0], int):  # bytearray(n) allocates n bytes; pickles pass bytes or str
+        raise pickle.UnpicklingError("bytearray of a given size")
+    return bytearray(*args)
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's array rebuilder, for ``numpy.ndarray`` and at most :data:`MAX_RECONSTRUCT_BYTES`."""
+    if subtype is not _NDARRAY:
+        raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+    if shape != (0,) and math.prod(shape) * np.dtype(dtype).itemsize > MAX_RECONSTRUCT_BYTES:
+        raise pickle.UnpicklingError(f"array of shape {shape} and dtype {dtype!r} larger than {MAX_RECONSTRUCT_BYTES} bytes")
+    return _numpy_reconstruct(np.ndarray, shape, dtype)
+
+
+def _new_index(cls: Any, state: Any) -> pd.Index:
+    """pandas' Index rebuilder, for ``Index``/``RangeIndex`` only; a RangeIndex (lazy, but made
+    real by any frame built on it) of at most :data:`MAX_FRAME_ROWS` rows."""
+    if cls not in _INDEX_CLASSES or not isinstance(state, dict):
+        raise pickle.UnpicklingError("_new_Index of something other than an Index")
+    index = _pandas_new_index(_INDEX_CLASSES[cls], state)
+    if len(index) > MAX_FRAME_ROWS:
+        raise pickle.UnpicklingError(f"index of {len(index)} rows, more than {MAX_FRAME_ROWS}")
+    return index
+
+
+def _empty_then_setstate(cls: type) -> type:
+    """``cls`` for ``NEWOBJ`` with no arguments (``cls.__new__(cls)``, then ``__setstate__``: how
+    pandas pickles frames and series); building one from arguments is refused."""
+
+    class Rebuilt(cls):  # type: ignore[misc, valid-type]
+        def __new__(klass, *args: Any, **kwargs: Any) -> Any:
+            if args or kwargs:
+                raise pickle.UnpicklingError(f"{cls.__name__} built from arguments")
+            return cls.__new__(cls)  # an instance of cls itself, so __init__ is never run
+
+    Rebuilt.__name__ = Rebuilt.__qualname__ = cls.__name__
+    return Rebuilt
+
+
 # (module, name) as written in the pickle → (module, attribute) actually resolved, or a callable.
 # Found by recording find_class on NextPYP-like dicts (ctf/drift/box/image/ctf_avrot frames, Series,
 # numpy scalars) pickled with protocols 2-5 by pandas 2.2/numpy 1.26 (NextPYP's era) and by the
@@ -69,20 +135,20 @@ def _validated_arrow_array(data: Any) -> Any:
 _TARGETS: dict[tuple[str, str], tuple[str, str] | Callable[..., Any]] = {
     # builtins used by array/BlockPlacement reconstruction (protocol 2 spells them __builtin__).
     ("builtins", "slice"): ("builtins", "slice"),
-    ("builtins", "bytearray"): ("builtins", "bytearray"),
+    ("builtins", "bytearray"): _bytearray,
     ("_codecs", "encode"): ("_codecs", "encode"),  # protocol 2 bytes
     # numpy arrays, dtypes, scalars
     ("numpy", "dtype"): ("numpy", "dtype"),
-    ("numpy", "ndarray"): ("numpy", "ndarray"),
-    ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "scalar"): ("numpy._core.multiarray", "scalar"),
     ("numpy._core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),  # protocol 5
     # pandas frames, series, indexes and their block managers
-    ("pandas", "DataFrame"): ("pandas", "DataFrame"),
-    ("pandas", "Series"): ("pandas", "Series"),
-    ("pandas", "Index"): ("pandas", "Index"),
-    ("pandas", "RangeIndex"): ("pandas", "RangeIndex"),
-    ("pandas.core.indexes.base", "_new_Index"): ("pandas.core.indexes.base", "_new_Index"),
+    ("pandas", "DataFrame"): _empty_then_setstate(pd.DataFrame),
+    ("pandas", "Series"): _empty_then_setstate(pd.Series),
+    ("pandas", "Index"): _INDEX,
+    ("pandas", "RangeIndex"): _RANGE_INDEX,
+    ("pandas.core.indexes.base", "_new_Index"): _new_index,
     ("pandas._libs.internals", "_unpickle_block"): ("pandas._libs.internals", "_unpickle_block"),
     ("pandas.core.internals.managers", "BlockManager"): ("pandas.core.internals.managers", "BlockManager"),
     ("pandas.core.internals.managers", "SingleBlockManager"): (
@@ -129,7 +195,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         target = _TARGETS.get(key)
         if target is None:
             raise _ForbiddenGlobal(module, name)
-        if callable(target):
+        if callable(target) or isinstance(target, _ClassArgument):
             return target
         resolved = _RESOLVED.get(key)
         if resolved is None:
@@ -185,7 +251,22 @@ def _frame(data: dict, key: str, *, file: str) -> pd.DataFrame | None:
         return None
     if not isinstance(value, pd.DataFrame):
         raise InputError(f"'{key}' is a {type(value).__name__}, expected a DataFrame", file=file, field=key)
+    try:
+        rows, cols = value.shape
+    except Exception as exc:  # noqa: BLE001 - a frame rebuilt without, or from a crafted, state
+        raise InputError(f"'{key}' is not a well-formed DataFrame ({type(exc).__name__})", file=file, field=key) from None
+    if rows * cols > MAX_FRAME_CELLS:
+        raise InputError(f"'{key}' has {rows}x{cols} cells, more than {MAX_FRAME_CELLS}", file=file, field=key)
     return value
+
+
+def _values(frame: pd.DataFrame, *, file: str, key: str) -> np.ndarray:
+    """``frame.to_numpy()``; InputError when the frame's blocks contradict its axes (crafted state)."""
+    try:
+        return frame.to_numpy()
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"'{key}' is not a well-formed DataFrame ({type(exc).__name__}: {exc})", file=file,
+                         field=key) from None  # fmt: skip
 
 
 def _ctf_values(ctf: pd.DataFrame, *, file: str) -> dict[str, Any]:
@@ -194,7 +275,7 @@ def _ctf_values(ctf: pd.DataFrame, *, file: str) -> dict[str, Any]:
     columns = [str(c) for c in ctf.columns.tolist()]
     if not columns:
         raise InputError("ctf frame has no column", file=file, field="ctf")
-    column = ctf.to_numpy()[:, columns.index("ctf") if "ctf" in columns else 0]
+    column = _values(ctf, file=file, key="ctf")[:, columns.index("ctf") if "ctf" in columns else 0]
     labels = [str(label) for label in ctf.index.tolist()]
     if len(set(labels)) != len(labels):
         dup = next(label for label in labels if labels.count(label) > 1)
@@ -221,7 +302,7 @@ def _numeric_columns(frame: pd.DataFrame, wanted: tuple[str, ...], *, file: str,
     missing = [c for c in wanted if c not in names]
     if missing:
         raise InputError(f"{key} frame has no '{missing[0]}' column", file=file, field=f"{key}.{missing[0]}")
-    values = frame.to_numpy()
+    values = _values(frame, file=file, key=key)
     out = []
     for col in wanted:
         try:
@@ -295,6 +376,7 @@ def pkl_row(path: str | Path, *, extract_cls: int = 0) -> dict[str, Any]:
     pixel = _ctf_value(values, "pixel_size", file=file)
     angast = _ctf_value(values, "ANGAST", file=file, required=False)
     mean_df = _ctf_value(values, "mean_df", file=file, required=False)
+    voltage = _ctf_value(values, "voltage", file=file, required=False)
     mean_defocus = (df1 + df2) / 2.0
     if not math.isnan(mean_df) and abs(mean_df - mean_defocus) > MEAN_DF_TOLERANCE_A:
         raise InputError(
@@ -316,6 +398,10 @@ def pkl_row(path: str | Path, *, extract_cls: int = 0) -> dict[str, Any]:
         "ctf_fit_source": None if fit_failed or math.isnan(cc) else CTF_FIT_CTFFIND_CC,
         "motion_source": None,
         "pixel_size_A": pixel_size,
+        # NextPYP's ctf frame has the voltage (kV) but not Cs or the amplitude contrast.
+        "voltage_kV": voltage if voltage > 0 and not fit_failed else math.nan,
+        "cs_mm": math.nan,
+        "amplitude_contrast": math.nan,
     }
     drift = _frame(data, "drift", file=file)
     if drift is not None:

@@ -83,7 +83,9 @@ def ctf_rows(ctf_star_path: str | Path, project_dir: str | Path) -> tuple[pd.Dat
         ``defocus_u_A``, ``defocus_v_A``, ``defocus_angle_deg`` (rlnDefocusAngle, °),
         ``est_resolution`` = rlnCtfMaxResolution Å, ``ctf_fit`` = rlnCtfFigureOfMerit (RELION copies
         CTFFIND's cross-correlation, column #6, into it: verified equal on the real CtfFind/job005
-        files), ``ctf_fit_source`` and ``pixel_size_A`` (rlnMicrographPixelSize, Å/px).
+        files), ``ctf_fit_source``, ``pixel_size_A`` (rlnMicrographPixelSize, Å/px) and the microscope
+        the fit assumed: ``voltage_kV`` (rlnVoltage), ``cs_mm`` (rlnSphericalAberration, mm),
+        ``amplitude_contrast`` (rlnAmplitudeContrast), from the optics group.
         When the STAR lacks rlnCtfFigureOfMerit / rlnCtfMaxResolution for a row, the CTFFIND ``.txt``
         beside its rlnCtfImage is read instead (``ctf_fit_source`` = ``ctffind_cross_correlation``);
         without either, NaN and ``ctf_fit_source`` None. ``pixel_size_A`` (the scalar) is the most
@@ -126,6 +128,9 @@ def ctf_rows(ctf_star_path: str | Path, project_dir: str | Path) -> tuple[pd.Dat
             "defocus_angle_deg": _column(df, "rlnDefocusAngle"),
             "ctf_fit_source": source,
             "pixel_size_A": pixel,
+            "voltage_kV": _column(df, "rlnVoltage"),
+            "cs_mm": _column(df, "rlnSphericalAberration"),
+            "amplitude_contrast": _column(df, "rlnAmplitudeContrast"),
         }
     )
     return out.sort_values("micrograph_name", kind="stable").reset_index(drop=True), _most_common(pixel)

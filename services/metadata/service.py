@@ -330,7 +330,7 @@ def write_tables(ctx: HandlerContext, dataset: str, table: IncrementalTable, rec
         f"{dataset}/micrograph_metadata.csv", table.csv_bytes(),
         media_type="text/csv", role="metadata_table", dataset=dataset, inputs=sources,
     )
-    ctx.put_artifact(
+    parquet = ctx.put_artifact(
         f"{dataset}/micrograph_metadata.parquet", table.parquet_bytes(),
         media_type="application/vnd.apache.parquet", role="metadata_table_parquet", dataset=dataset, inputs=sources,
     )
@@ -351,7 +351,7 @@ def write_tables(ctx: HandlerContext, dataset: str, table: IncrementalTable, rec
     ctx.emit(
         MetadataUpdated(
             dataset=dataset, table_uri=csv.uri, pixel_size_uri=pixel_uri, micrographs_list_uri=lst.uri,
-            micrographs=names, sources=sources, unmatched=unmatched,
+            micrographs=names, sources=sources, unmatched=unmatched, table_parquet_uri=parquet.uri,
         ),
         dedup_key=csv.sha256,
     )

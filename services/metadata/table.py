@@ -34,6 +34,9 @@ EXTRA_COLUMNS = [
     "ctf_fit_source",
     "motion_source",
     "pixel_size_A",
+    "voltage_kV",
+    "cs_mm",
+    "amplitude_contrast",
 ]
 COLUMNS = PRISMPYP_COLUMNS + EXTRA_COLUMNS
 
@@ -47,6 +50,9 @@ FLOAT_COLUMNS = [
     "defocus_v_A",
     "defocus_angle_deg",
     "pixel_size_A",
+    "voltage_kV",
+    "cs_mm",
+    "amplitude_contrast",
 ]
 TEXT_COLUMNS = ["ctf_fit_source", "motion_source"]
 
@@ -74,7 +80,9 @@ _PARTICLE_ORDER = (CRYOSPARC_PARTICLES, RELION_PARTICLES, NEXTPYP_PKL)
 _PIXEL_ORDER = (CRYOSPARC_EXPOSURES, RELION_CTF, RELION_MOTION, NEXTPYP_PKL, CTFFIND_OUTPUTS)
 GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     # (lead column, the other columns of the group, source priority)
-    ("mean_defocus", ("defocus_u_A", "defocus_v_A", "defocus_angle_deg"), _CTF_ORDER),
+    # The microscope travels with the fit it was used for (the CTF model needs all of them).
+    ("mean_defocus", ("defocus_u_A", "defocus_v_A", "defocus_angle_deg", "voltage_kV", "cs_mm", "amplitude_contrast"),
+     _CTF_ORDER),
     ("ctf_fit", ("ctf_fit_source",), _CTF_ORDER),
     ("est_resolution", (), _CTF_ORDER),
     ("rel_ice_thickness", (), (CRYOSPARC_EXPOSURES, NEXTPYP_PKL)),

@@ -82,19 +82,22 @@ def relion_particles(particles_star: str | Path) -> list[MicrographPicks]:
     ``rlnImageSize``.
 
     Raises:
-        InputError: no particles block, or a coordinate / micrograph column is missing.
+        InputError: no particles block, a coordinate / micrograph column is missing, or a coordinate
+            or box-size value is not a number.
     """
     table = star.particle_block(star.read_star(particles_star), file=particles_star)
     star.require_columns(table, ["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"], file=particles_star, block="particles")
     box = None
     if "rlnImageSize" in table.columns:
-        size = table["rlnImageSize"].astype(float)
+        size = _numeric(table["rlnImageSize"], particles_star)
         if {"rlnImagePixelSize", "rlnMicrographOriginalPixelSize"} <= set(table.columns):
-            size = size * table["rlnImagePixelSize"].astype(float) / table["rlnMicrographOriginalPixelSize"].astype(float)
+            size = size * _numeric(table["rlnImagePixelSize"], particles_star) / _numeric(
+                table["rlnMicrographOriginalPixelSize"], particles_star
+            )
         box = size
     out = []
     for name, rows in table.groupby("rlnMicrographName", sort=False):
-        box_px = float(box.loc[rows.index].iloc[0]) if box is not None else None
+        box_px = float(box[table.index.get_loc(rows.index[0])]) if box is not None else None
         out.append(MicrographPicks(str(name), _numeric(rows["rlnCoordinateX"], particles_star),
                                    _numeric(rows["rlnCoordinateY"], particles_star), box_px))
     return out
@@ -108,18 +111,24 @@ def cryosparc_particles(particles_cs: str | Path) -> list[MicrographPicks]:
     when the particles were extracted without binning; ``None`` without ``blob/shape``.
 
     Raises:
-        InputError: a ``location/*`` field is missing.
+        InputError: a ``location/*`` field is missing, or holds other than one path / number(s) per particle.
     """
     arr = cryosparc.read_cs(particles_cs)
     fields = ["location/micrograph_path", "location/center_x_frac", "location/center_y_frac", "location/micrograph_shape"]
     cryosparc.require_fields(arr, fields, file=particles_cs)
-    paths = np.asarray(arr["location/micrograph_path"]).astype(str)
-    shapes = np.asarray(arr["location/micrograph_shape"], dtype=np.float64).reshape(len(arr), -1)
-    xf = np.asarray(arr["location/center_x_frac"], dtype=np.float64)
-    yf = np.asarray(arr["location/center_y_frac"], dtype=np.float64)
+    if len(arr) == 0:
+        return []
+    paths = np.asarray(arr["location/micrograph_path"])
+    if paths.dtype.kind not in "SU" or paths.ndim != 1:
+        raise InputError(f"expected one path per particle, found {paths.dtype} {paths.shape[1:]}", file=str(particles_cs),
+                         field="location/micrograph_path")  # fmt: skip
+    paths = np.char.decode(paths, "utf-8", "replace") if paths.dtype.kind == "S" else paths
+    shapes = _cs_numbers(arr, "location/micrograph_shape", particles_cs, width=2)
+    xf = _cs_numbers(arr, "location/center_x_frac", particles_cs)[:, 0]
+    yf = _cs_numbers(arr, "location/center_y_frac", particles_cs)[:, 0]
     box = None
     if "blob/shape" in arr.dtype.names:
-        box = np.asarray(arr["blob/shape"], dtype=np.float64).reshape(len(arr), -1)[:, 0]
+        box = _cs_numbers(arr, "blob/shape", particles_cs)[:, 0]
     out = []
     _, first = np.unique(paths, return_index=True)
     for i in sorted(first):
@@ -129,11 +138,20 @@ def cryosparc_particles(particles_cs: str | Path) -> list[MicrographPicks]:
     return out
 
 
+def _cs_numbers(arr: np.ndarray, field: str, file, *, width: int = 1) -> np.ndarray:
+    """``arr[field]`` as float64 (n, k), k ≥ ``width``; InputError naming the field otherwise."""
+    values = np.asarray(arr[field])
+    if values.dtype.kind not in "biuf" or values.size < width * len(arr):
+        raise InputError(f"expected {width} number(s) per particle, found {values.dtype} {values.shape[1:]}",
+                         file=str(file), field=field)  # fmt: skip
+    return values.astype(np.float64).reshape(len(arr), -1)
+
+
 def _numeric(column, file) -> np.ndarray:
     try:
         return column.astype(np.float64).to_numpy()
     except (TypeError, ValueError) as err:
-        raise InputError(f"non-numeric coordinate in {column.name}: {err}", file=str(file), field=str(column.name)) from err
+        raise InputError(f"non-numeric value in {column.name}: {err}", file=str(file), field=str(column.name)) from err
 
 
 def radius_px(picks: MicrographPicks, *, image_shape: tuple[int, int], pixel_size_A: float | None,

@@ -24,7 +24,12 @@ command re-renders a dataset from its discovery events with new parameters.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,11 +41,21 @@ from cryobus.services.render import tomography
 from cryobus.services.render.params import DEFAULT, RenderParams
 from cryobus.shared.bus.service import HandlerContext, Service
 from cryobus.shared.errors import InputError
-from cryobus.shared.events import Envelope, ExposureDiscovered, JobDiscovered, RenderCompleted, RenderRequested
+from cryobus.shared.events import (
+    Envelope,
+    ExposureDiscovered,
+    JobDiscovered,
+    MetadataUpdated,
+    RenderCompleted,
+    RenderRequested,
+)
 from cryobus.shared.formats import cryosparc, ctffind, mrc, star
 from cryobus.shared.micrograph_names import micrograph_name
 
-service = Service(name="render")
+# Per micrograph whose spectrum render computed: where its periodogram is kept and which CTF fit is
+# drawn on it, so a metadata.updated with a new fit redraws the spectrum without re-reading the image.
+BUCKET = "cryobus_render"
+service = Service(name="render", kv_buckets=[BUCKET])
 
 WEBP = "image/webp"
 PNG = "image/png"
@@ -117,7 +132,21 @@ class Renderer:
     def computed_spectrum(self, *, dataset: str, name: str, image: np.ndarray, source: Path,
                           ctf: ctf_overlay.CtfParams | None) -> None:
         p = self.params
-        img = power_spectrum.spectrum_preview(power_spectrum.periodogram(image, tile=p.spectrum_tile, overlap=p.spectrum_overlap), size=p.spectrum_size)
+        ps = power_spectrum.periodogram(image, tile=p.spectrum_tile, overlap=p.spectrum_overlap)
+        if p.tag is None:
+            state_key = f"_state/render/{dataset}/{name}.periodogram.npy"
+            buffer = io.BytesIO()
+            np.save(buffer, ps, allow_pickle=False)
+            self.ctx.put_artifact(state_key, buffer.getvalue(), media_type="application/x-npy", role="render_state",
+                                  dataset=dataset, inputs=[str(source)])
+            SpectrumState(periodogram_key=state_key, source=str(source), ctf=ctf_key(ctf)).save(self.ctx, dataset, name)
+        self.spectrum_from_periodogram(dataset=dataset, name=name, ps=ps, source=source, ctf=ctf)
+
+    def spectrum_from_periodogram(self, *, dataset: str, name: str, ps: np.ndarray, source: Path,
+                                  ctf: ctf_overlay.CtfParams | None) -> None:
+        """Display image of a periodogram (with the CTF fit drawn as the parameters say), stored and announced."""
+        p = self.params
+        img = power_spectrum.spectrum_preview(ps, size=p.spectrum_size)
         method = "computed_periodogram"
         if ctf is not None and p.ctf_overlay == "rings":
             img, method = ctf_overlay.draw_rings(img, ctf), "computed_periodogram+ctf_rings"
@@ -189,6 +218,8 @@ class Renderer:
                 image, _ = mrc.read_image(diagnostic, section=0, max_bytes=self.max_bytes)
                 self.store(dataset=job.dataset, key=key, img=power_spectrum.ctffind_diagnostic_preview(image),
                            kind="power_spectrum", name=name, source=diagnostic, method="ctffind_diagnostic")
+                if self.params.tag is None:
+                    SpectrumState(diagnostic=True, source=str(diagnostic)).save(self.ctx, job.dataset, name)
                 return
             self.ctx.report_missing(dataset=job.dataset, path=str(diagnostic), referenced_by=str(star_path), field="rlnCtfImage")
         path = project / row["rlnMicrographName"]
@@ -312,6 +343,91 @@ def ctf_from_relion_row(row: pd.Series, voxel_size_A: float | None, *, file: str
         raise InputError(f"unusable CTF value: {err}", file=file, field="rlnDefocusU") from err
 
 
+def ctf_key(ctf: ctf_overlay.CtfParams | None) -> list[float] | None:
+    """The values that decide how a fit is drawn, rounded so float noise is not a change."""
+    if ctf is None:
+        return None
+    values = (ctf.defocus_u_A, ctf.defocus_v_A, ctf.astigmatism_angle_deg, ctf.voltage_kV, ctf.cs_mm,
+              ctf.amplitude_contrast, ctf.pixel_size_A, ctf.phase_shift_deg, ctf.fit_resolution_A or 0.0)
+    return [round(float(v), 4) for v in values]
+
+
+class SpectrumState:
+    """What render knows about one micrograph's ``_ctffit.webp`` (KV ``cryobus_render``).
+
+    ``diagnostic``: it is CTFFIND's own image (the fit already drawn by CTFFIND; never redrawn here).
+    Otherwise ``periodogram_key`` holds the computed periodogram (``.npy`` in the store) and ``ctf``
+    the :func:`ctf_key` of the fit drawn on it (None: no fit yet).
+    """
+
+    def __init__(self, *, periodogram_key: str | None = None, source: str = "", ctf: list[float] | None = None,
+                 diagnostic: bool = False):
+        self.periodogram_key, self.source, self.ctf, self.diagnostic = periodogram_key, source, ctf, diagnostic
+
+    @staticmethod
+    def kv_key(dataset: str, name: str) -> str:
+        return "spectrum." + hashlib.sha256(f"{dataset}/{name}".encode()).hexdigest()[:40]
+
+    def save(self, ctx: HandlerContext, dataset: str, name: str) -> None:
+        ctx.kv_put(BUCKET, self.kv_key(dataset, name), json.dumps(vars(self)).encode())
+        _STATE_CACHE.put((dataset, name), self)
+
+    @classmethod
+    def load(cls, ctx: HandlerContext, dataset: str, name: str) -> SpectrumState | None:
+        hit, state = _STATE_CACHE.get((dataset, name))
+        if hit:
+            return state
+        raw = ctx.kv_get(BUCKET, cls.kv_key(dataset, name))
+        state = cls(**json.loads(raw)) if raw else None
+        _STATE_CACHE.put((dataset, name), state)
+        return state
+
+
+class _StateCache:
+    """In-process cache of :class:`SpectrumState` so a metadata.updated of a 10,000-row table costs
+    KV reads only for micrographs not seen before. KV is the truth (several replicas): entries expire
+    after ``ttl_s`` so another replica's writes are seen."""
+
+    def __init__(self, ttl_s: float = 60.0):
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], tuple[float, SpectrumState | None]] = {}
+
+    def get(self, key: tuple[str, str]) -> tuple[bool, SpectrumState | None]:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or time.monotonic() - entry[0] > self.ttl_s:
+            return False, None
+        return True, entry[1]
+
+    def put(self, key: tuple[str, str], state: SpectrumState | None) -> None:
+        with self._lock:
+            self._entries[key] = (time.monotonic(), state)
+
+
+_STATE_CACHE = _StateCache()
+
+
+def ctf_from_table_row(row: pd.Series) -> ctf_overlay.CtfParams | None:
+    """The CTF fit of one ``micrograph_metadata.parquet`` row, or None when a value the model needs is missing."""
+    names = ("defocus_u_A", "defocus_v_A", "voltage_kV", "cs_mm", "amplitude_contrast", "pixel_size_A")
+    values = [row.get(n) for n in names]
+    if any(v is None or not np.isfinite(float(v)) for v in values):
+        return None
+    angle = row.get("defocus_angle_deg")
+    resolution = row.get("est_resolution")
+    try:
+        return ctf_overlay.CtfParams(
+            defocus_u_A=float(values[0]), defocus_v_A=float(values[1]),
+            astigmatism_angle_deg=float(angle) if angle is not None and np.isfinite(angle) else 0.0,
+            voltage_kV=float(values[2]), cs_mm=float(values[3]), amplitude_contrast=float(values[4]),
+            pixel_size_A=float(values[5]),
+            fit_resolution_A=float(resolution) if resolution is not None and np.isfinite(resolution) else None,
+        )
+    except ValueError:
+        return None  # e.g. a zero defocus (failed fit): nothing to draw
+
+
 def _relion_class_labels(job: JobDiscovered) -> dict[int, montage.ClassLabel]:
     """Per class: hard-assignment particle count (``_data.star`` ``rlnClassNumber``) and ``rlnEstimatedResolution``."""
     table = class_averages.read_relion_class_table(job.files["model_star"])
@@ -378,6 +494,38 @@ def on_exposure(event: Envelope[ExposureDiscovered], ctx: HandlerContext) -> Non
 def on_job(event: Envelope[JobDiscovered], ctx: HandlerContext) -> None:
     """MotionCorr → previews; CtfFind → spectra; AutoPick/Extract/particles → picks; 2D → classes; tilt series → slices."""
     Renderer(ctx).job(event.data)
+
+
+@service.handler(MetadataUpdated)
+def on_metadata(event: Envelope[MetadataUpdated], ctx: HandlerContext) -> None:
+    """A new or changed CTF fit in the metadata table → the computed spectrum redrawn with it.
+
+    Only micrographs whose spectrum render computed (not CTFFIND diagnostics, which show CTFFIND's
+    own fit) and whose fit differs from the one drawn are redrawn, from the kept periodogram.
+    """
+    md = event.data
+    if not md.table_parquet_uri:
+        return
+    table = pd.read_parquet(io.BytesIO(ctx.store.get(ctx.store.key_of(md.table_parquet_uri))))
+    renderer = Renderer(ctx)
+    redrawn = 0
+    for _, row in table.iterrows():
+        ctf = ctf_from_table_row(row)
+        if ctf is None:
+            continue
+        name = str(row["micrograph_name"])
+        state = SpectrumState.load(ctx, md.dataset, name)
+        if state is None or state.diagnostic or state.periodogram_key is None or state.ctf == ctf_key(ctf):
+            continue
+        try:
+            ps = np.load(io.BytesIO(ctx.store.get(state.periodogram_key)), allow_pickle=False)
+        except KeyError:
+            continue  # state of a store that was wiped: the next render of the micrograph recreates it
+        renderer.spectrum_from_periodogram(dataset=md.dataset, name=name, ps=ps, source=Path(state.source), ctf=ctf)
+        SpectrumState(periodogram_key=state.periodogram_key, source=state.source, ctf=ctf_key(ctf)).save(ctx, md.dataset, name)
+        redrawn += 1
+    if redrawn:
+        ctx.log.info("redrew %d power spectra of %s with their new CTF fit", redrawn, md.dataset)
 
 
 @service.handler(RenderRequested)

@@ -8,6 +8,7 @@ the start (or from ``since``) up to the last message present when the replay beg
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import datetime, timezone
@@ -88,7 +89,7 @@ async def replay(
         while True:
             try:
                 msgs = await sub.fetch(BATCH, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises either, by version/load
                 break
             done = False
             for msg in msgs:

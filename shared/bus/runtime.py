@@ -215,7 +215,7 @@ class ServiceRuntime:
                 return
             try:
                 msgs = await sub.fetch(taken, timeout=FETCH_TIMEOUT_S)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises either, by version/load
                 self._release(taken)
                 continue
             except asyncio.CancelledError:

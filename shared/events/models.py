@@ -175,6 +175,9 @@ class MetadataUpdated(EventData):
         default_factory=dict,
         description="Per source, the micrographs other sources have and it lacks (the mismatch report).",
     )
+    table_parquet_uri: str | None = Field(
+        default=None, description="micrograph_metadata.parquet: the same table, typed (what services read back)."
+    )
 
 
 class RenderCompleted(EventData):

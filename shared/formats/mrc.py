@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 HEADER_BYTES = 1024
 DEFAULT_MAX_BYTES = 8 << 30
+# Even compressed, a TIFF holds at most ~2600 pixels per stored byte (LZW on a blank 4-bit image;
+# deflate stops at 1032:1 per byte): a header claiming more is corrupt, refused before allocation.
+_TIFF_PIXELS_PER_BYTE = 4096
 SUPPORTED_MODES: dict[int, str] = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 _IMOD_STAMP = 1146047817
 # imodStamp / imodFlags sit at bytes 152 / 156, i.e. inside mrcfile's ``extra2`` (bytes 112-195).
@@ -326,7 +329,8 @@ def read_tiff_image(
 
     Raises:
         InputError: field ``tiff`` (not a readable TIFF / unsupported pixel mode), ``page``
-            (page does not exist), ``width*height`` (image larger than ``max_bytes``).
+            (page does not exist), ``width*height`` (image larger than ``max_bytes``, or more
+            pixels than the file can hold even compressed).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -343,6 +347,12 @@ def read_tiff_image(
                 raise InputError(
                     f"{width}x{height} image exceeds the limit of {max_bytes} bytes", file=str(path), field="width*height"
                 )
+            file_bytes = path.stat().st_size
+            if width * height > _TIFF_PIXELS_PER_BYTE * file_bytes:
+                raise InputError(
+                    f"{width}x{height} pixels cannot be stored in a {file_bytes}-byte TIFF", file=str(path),
+                    field="width*height",
+                )
             n_pages = getattr(im, "n_frames", 1)
             pages = range(n_pages) if page == "sum" else [page]
             out = np.zeros((height, width), dtype=np.float32)
@@ -352,10 +362,10 @@ def read_tiff_image(
                 im.seek(int(p))
                 out += np.asarray(im).astype(np.float32)
             return out
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise InputError(f"cannot decode TIFF: {err}", file=str(path), field="tiff") from err
+    except (InputError, FileNotFoundError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - on a corrupt TIFF Pillow raises OSError, TypeError, KeyError, struct.error…
+        raise InputError(f"cannot decode TIFF: {type(err).__name__}: {err}", file=str(path), field="tiff") from err
 
 
 def read_slab(

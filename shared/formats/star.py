@@ -56,7 +56,8 @@ def read_star(path: str | Path) -> dict[str, pd.DataFrame]:
         (``rlnMicrographName``, ``rlnImageName``, ``rlnCtfImage`` …) are always ``str``.
 
     Raises:
-        InputError: the file is missing, cannot be parsed, or holds no data block (``file=path``).
+        InputError: the file is missing, cannot be parsed, holds no data block, or a loop names a
+            column twice (``file=path``; ``field`` = that column).
     """
     p = Path(path)
     if not p.is_file():
@@ -72,6 +73,9 @@ def read_star(path: str | Path) -> dict[str, pd.DataFrame]:
         if isinstance(block, Mapping):
             out[name] = pd.DataFrame([dict(block)])
         else:
+            twice = block.columns[block.columns.duplicated()]
+            if len(twice):  # df[col] would then be a frame, not a column
+                raise InputError(f"column {twice[0]} appears twice in data_{name}", file=str(p), field=str(twice[0]))
             out[name] = block.reset_index(drop=True)
     return out
 
@@ -138,12 +142,22 @@ def _merge_optics(df: pd.DataFrame, blocks: Mapping[str, pd.DataFrame], *, file:
     return df.merge(optics, on="rlnOpticsGroup", how="left", validate="many_to_one", sort=False)
 
 
-def _derive_pixel_size(df: pd.DataFrame, column: str) -> pd.DataFrame:
-    """RELION 3.0 rows: ``column`` = 10 000 · rlnDetectorPixelSize (µm) / rlnMagnification, in Å/px."""
+def _derive_pixel_size(df: pd.DataFrame, column: str, *, file: str | Path) -> pd.DataFrame:
+    """RELION 3.0 rows: ``column`` = 10 000 · rlnDetectorPixelSize (µm) / rlnMagnification, in Å/px.
+
+    Raises:
+        InputError: either source column holds a value that is not a number (field = that column).
+    """
     if column in df.columns or not {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
         return df
+    values = {}
+    for source in ("rlnDetectorPixelSize", "rlnMagnification"):
+        try:
+            values[source] = df[source].astype(float)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{source} is not a number: {exc}", file=str(file), field=source) from exc
     out = df.copy()
-    out[column] = 1e4 * out["rlnDetectorPixelSize"].astype(float) / out["rlnMagnification"].astype(float)
+    out[column] = 1e4 * values["rlnDetectorPixelSize"] / values["rlnMagnification"]
     return out
 
 
@@ -163,10 +177,11 @@ def micrograph_block(blocks: Mapping[str, pd.DataFrame], *, file: str | Path) ->
         file does not have stay absent.
 
     Raises:
-        InputError: no micrographs block, or an ``rlnOpticsGroup`` missing from ``data_optics``.
+        InputError: no micrographs block, an ``rlnOpticsGroup`` missing from ``data_optics``, or a
+            non-numeric ``rlnDetectorPixelSize``/``rlnMagnification`` (RELION 3.0).
     """
     df = _merge_optics(_select_block(blocks, "micrographs", file=file), blocks, file=file)
-    return _derive_pixel_size(df, "rlnMicrographPixelSize")
+    return _derive_pixel_size(df, "rlnMicrographPixelSize", file=file)
 
 
 def particle_block(blocks: Mapping[str, pd.DataFrame], *, file: str | Path) -> pd.DataFrame:
@@ -177,7 +192,8 @@ def particle_block(blocks: Mapping[str, pd.DataFrame], *, file: str | Path) -> p
     for 3.0 files from ``rlnDetectorPixelSize``/``rlnMagnification``.
 
     Raises:
-        InputError: no particles block, or an ``rlnOpticsGroup`` missing from ``data_optics``.
+        InputError: no particles block, an ``rlnOpticsGroup`` missing from ``data_optics``, or a
+            non-numeric ``rlnDetectorPixelSize``/``rlnMagnification`` (RELION 3.0).
     """
     df = _merge_optics(_select_block(blocks, "particles", file=file), blocks, file=file)
-    return _derive_pixel_size(df, "rlnImagePixelSize")
+    return _derive_pixel_size(df, "rlnImagePixelSize", file=file)

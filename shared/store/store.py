@@ -111,16 +111,44 @@ class ArtifactStore:
         """Absolute URI of ``key``: ``<url>/<key>``. Raises ``InputError`` for an invalid key."""
         return f"{self.url}/{check_key(key)}"
 
+    def key_of(self, uri: str) -> str:
+        """The key of an artifact URI of this store (the inverse of :meth:`uri_for`).
+
+        Raises:
+            InputError: the URI is not under this store's URL, or its key is invalid.
+        """
+        prefix = self.url.rstrip("/") + "/"
+        if not uri.startswith(prefix):
+            raise InputError(f"{uri} is not in the store {self.url}", file=uri, field="uri")
+        return check_key(uri[len(prefix):])
+
     def local_path(self, key: str) -> Path | None:
         """Filesystem path of ``key`` for ``file://`` stores (whether or not it exists yet), ``None`` for S3.
 
         Raises:
             InputError: invalid key (see :func:`cryobus.shared.store.keys.check_key`).
         """
-        check_key(key)
+        self._check(key)
         if self._location.path is None:
             return None
         return self._location.path.joinpath(*key.split("/"))
+
+    def _check(self, key: str) -> None:
+        """:func:`check_key`, and on ``file://`` stores: the key's real path (symlinks followed)
+        stays under the root's, so a symlink planted under the root cannot carry a write or read
+        elsewhere.
+
+        Raises:
+            InputError: invalid key, or one that resolves outside the root (``field="key"``).
+        """
+        check_key(key)
+        root = self._location.path
+        if root is None:
+            return
+        real = Path(os.path.realpath(root.joinpath(*key.split("/"))))
+        real_root = Path(os.path.realpath(root))
+        if not real.is_relative_to(real_root):
+            raise InputError(f"artifact key {key!r} resolves outside the store root, to {real}", field="key")
 
     def put(self, key: str, data: bytes | Buffer, *, media_type: str) -> StoredObject:
         """Write ``data`` at ``key`` atomically (see module docstring) and return its record.
@@ -135,7 +163,7 @@ class ArtifactStore:
             InputError: invalid key.
             TransientError: the backend failed (permission, disk full, unreachable, 5xx...).
         """
-        check_key(key)
+        self._check(key)
         view = memoryview(data).cast("B")
         digest = hashlib.sha256(view).hexdigest()  # hashlib drops the GIL for large buffers
         try:
@@ -162,7 +190,7 @@ class ArtifactStore:
             InputError: invalid key.
             TransientError: the backend failed.
         """
-        check_key(key)
+        self._check(key)
         try:
             return bytes(obstore.get(self._backend, key).bytes())
         except FileNotFoundError:
@@ -181,7 +209,7 @@ class ArtifactStore:
             InputError: invalid key.
             TransientError: the backend failed (an unreachable store is *not* reported as absent).
         """
-        check_key(key)
+        self._check(key)
         try:
             if self.is_s3:
                 meta = obstore.get(self._backend, key, options={"head": True})
@@ -206,7 +234,7 @@ class ArtifactStore:
             InputError: invalid key.
             TransientError: the backend failed.
         """
-        check_key(key)
+        self._check(key)
         try:
             obstore.head(self._backend, key)
         except FileNotFoundError:
