@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from cryobus.registry import DEFAULT_SERVICES, SERVICES
+from cryobus.shared.secret_files import ConfigError
 
 
 def _settings(args: argparse.Namespace, **extra: object):
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (KeyError, FileNotFoundError, ConnectionError) as exc:
+    except (KeyError, FileNotFoundError, ConnectionError, ConfigError) as exc:
         print(f"cryobus: {exc}", file=sys.stderr)
         return 2
 

@@ -11,9 +11,10 @@ SERVICES: dict[str, str] = {
     "ingest": "cryobus.services.ingest.service",
     "metadata": "cryobus.services.metadata.service",
     "render": "cryobus.services.render.service",
+    "labelling": "cryobus.services.labelling.service",
 }
 
-DEFAULT_SERVICES = ("ingest", "metadata", "render")
+DEFAULT_SERVICES = ("ingest", "metadata", "render", "labelling")
 
 
 def load_service(name: str) -> Service:

@@ -104,6 +104,8 @@ class Supervisor:
                 "CRYOBUS_WATCH": json.dumps([str(Path(w).resolve()) for w in s.watch]),
                 "CRYOBUS_ROOTS": json.dumps([str(Path(r).resolve()) for r in s.roots]),
                 "CRYOBUS_HTTP_HOST": s.http_host,
+                "CRYOBUS_LABELLING_HOST": s.labelling_host,
+                "CRYOBUS_LABELLING_PORT": str(s.labelling_port),
                 "CRYOBUS_LOG_LEVEL": s.log_level,
             }
         )
@@ -165,6 +167,10 @@ class Supervisor:
                 self.children.append(Child(name, r))
         self._watch_children(state)
         print(f"cryobus: started {', '.join(c.label for c in self.children)} (logs in {state / 'logs'})", flush=True)
+        if "labelling" in self.services:
+            from cryobus.services.labelling.service import web_banner
+
+            print(web_banner(self.settings.model_copy(update={"state_dir": state})), flush=True)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class EventData(BaseModel):
@@ -361,6 +361,132 @@ class TrainingSetExported(EventData):
         return self.export_id
 
 
+class ParticlesConverted(EventData):
+    """One particle stack was converted into CryoLike's layout; every file of it is written.
+
+    Published (after the stack's files, each announced by ``artifact.stored``) by the convert
+    service for each stack of a conversion. The files lie under ``prefix`` in the artifact store in
+    CryoLike's layout (docs/convert.md), so ``layout_uri`` can be handed to CryoLike unchanged:
+    ``phys/particles_phys_stack_NNNNNN.pt`` (B, N0, N1) physical images,
+    ``fft/particles_fourier_stack_NNNNNN.pt`` (B, n_shells, n_inplanes) polar Fourier images and
+    ``fft/particles_fourier_stack_NNNNNN.npz`` (image descriptor + CTF values: defocus Å, angles
+    radians, Cs mm, voltage kV). ``NNNNNN`` = ``stack_index``.
+    """
+
+    domain: ClassVar[str] = "particles"
+    verb: ClassVar[str] = "converted"
+
+    dataset: str
+    stack_index: int = Field(ge=0, description="Stack number (NNNNNN in the file names), from 0.")
+    n_stacks: int = Field(ge=1, description="Stacks of this conversion (so a waiter knows when it has them all).")
+    n_images: int = Field(ge=1, description="Images in this stack.")
+    prefix: str = Field(description="Key prefix of the CryoLike layout in the artifact store.")
+    layout_uri: str = Field(description="URI of the folder holding phys/, fft/ and plots/ (the prefix).")
+    phys_uri: str = Field(description="phys/particles_phys_stack_NNNNNN.pt")
+    fourier_uri: str = Field(description="fft/particles_fourier_stack_NNNNNN.pt")
+    npz_uri: str = Field(description="fft/particles_fourier_stack_NNNNNN.npz (written last)")
+    plot_uris: dict[str, str] = Field(
+        default_factory=dict, description="PNG plots by kind (`phys`, `fourier`, `power`); empty without plots."
+    )
+    metadata_file: str = Field(description="The STAR / .cs file the stack's rows come from (absolute path).")
+    source_files: list[str] = Field(description="The MRC stacks the stack's images were read from (absolute paths).")
+    image_shape: list[int] = Field(min_length=2, max_length=2, description="(N0, N1) of the stored physical images, px.")
+    phys_dtype: str = Field(description="torch dtype of the physical images: float32, or float16 for MRC mode 12.")
+    fourier_dtype: str = Field(description="torch dtype of the Fourier images: complex64 (single) or complex128 (double).")
+    pixel_size_A: float | None = Field(default=None, description="Saved `pixel_size` of the npz (Å, first axis).")
+    device: str = Field(description="Where it was transformed: `cpu` or `cuda:N`.")
+    timings_s: dict[str, float] = Field(
+        default_factory=dict, description="Seconds spent on this stack: `read_s`, `transform_s` (incl. host/device copies), `write_s`."
+    )
+    gpu_memory_bytes: int | None = Field(
+        default=None, description="On a GPU: peak device memory in use so far (torch + cufinufft); None on the CPU."
+    )
+
+    def about(self) -> str:
+        return f"{self.dataset}/{self.prefix}/{self.stack_index:06d}"
+
+
+class ImageDescriptorValues(BaseModel):
+    """CryoLike's ``ImageDescriptor.from_individual_values`` arguments, inline in a request.
+
+    Missing ``n_pixels`` / ``pixel_size`` are taken from the particles (their stored size and
+    pixel size, after any downsampling); the other defaults are CryoLike's.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_pixels: int | list[int] | None = Field(default=None, description="Image size in px (one value or [N0, N1]).")
+    pixel_size: float | list[float] | None = Field(default=None, description="Pixel size in Å (one value or two).")
+    precision: Literal["single", "double"] = "single"
+    resolution_factor: float = Field(default=1.0, gt=0, description="radius_max = resolution_factor · n_pixels / 4.")
+    n_inplanes: int | None = Field(default=None, ge=1, description="Angles per shell; default 2 · n_pixels.")
+    viewing_distance: float | None = Field(default=None, gt=0, description="Templates only; default 1/(4π)/resolution_factor.")
+
+
+class ConvertRequested(EventData):
+    """Command: convert particle stacks into CryoLike's layout (``cryobus convert ...``).
+
+    ``mode`` is one of CryoLike's four input modes and says which input fields are used:
+    ``star-pairs`` (``star_files`` + ``mrc_files``, paired by position), ``star`` (``star_file``),
+    ``cs`` (``cs_file``, optionally ``passthrough_file``), ``job-dir`` (``job_folder`` + ``job``).
+    The image descriptor is the params ``.npz`` at ``params_file``, or built from ``descriptor``,
+    or, with neither, CryoLike's defaults for the particles. Options are named as CryoLike names
+    them (docs/convert.md). The convert service answers with one ``particles.converted`` per
+    stack, or ``convert.failed`` (file, field and row of bad input) before any stack is announced.
+    """
+
+    domain: ClassVar[str] = "convert"
+    verb: ClassVar[str] = "requested"
+    kind: ClassVar[Literal["event", "command"]] = "command"
+
+    dataset: str = Field(description="Dataset the outputs belong to (first part of the default prefix).")
+    mode: Literal["star-pairs", "star", "cs", "job-dir"]
+    star_files: list[str] = Field(default_factory=list, description="star-pairs: STAR files (absolute paths).")
+    mrc_files: list[str] = Field(default_factory=list, description="star-pairs: MRC stacks, one per STAR file.")
+    star_file: str | None = Field(default=None, description="star: indexed particle STAR (rlnImageName = idx@stack).")
+    cs_file: str | None = Field(default=None, description="cs: indexed CryoSPARC particle .cs (blob/path, blob/idx).")
+    passthrough_file: str | None = Field(default=None, description="cs: passthrough .cs supplying fields the .cs lacks (by uid).")
+    job_folder: str | None = Field(default=None, description="job-dir: folder holding J<job>/.")
+    job: int | None = Field(default=None, ge=0, description="job-dir: CryoSPARC job number.")
+    folder: str | None = Field(default=None, description="CryoLike's folder_mrc / folder_cryosparc: stacks looked up here by name.")
+    project_dir: str | None = Field(default=None, description="Folder the metadata's relative stack paths are relative to.")
+    defocus_angle_is_degree: bool = Field(default=True, description="star-pairs: rlnDefocusAngle in degrees.")
+    phase_shift_is_degree: bool = Field(default=True, description="star-pairs: rlnPhaseShift in degrees.")
+    params_file: str | None = Field(default=None, description="CryoLike params .npz (absolute path the service can read).")
+    descriptor: ImageDescriptorValues | None = Field(default=None, description="Inline image descriptor (instead of params_file).")
+    batch_size: int = Field(default=1024, ge=1, description="Images per output stack.")
+    n_stacks_max: int = Field(default=-1, ge=-1, description="Stop after this many stacks; -1 = all.")
+    downsample_factor: int = Field(default=1, ge=1)
+    downsample_type: Literal["mean", "max"] = "mean"
+    pixel_size: float | None = Field(default=None, gt=0, description="Pixel size of the input images, Å.")
+    override_pixel_size: bool = Field(default=False, description="Let pixel_size win over a different metadata value.")
+    flag_plots: bool = True
+    precision: Literal["single", "double"] | None = Field(default=None, description="Default: the descriptor's.")
+    cryolike_compatible: bool = Field(default=False, description="Indexed modes: CryoLike's image order (by sorted stack path).")
+    overwrite: bool = Field(default=False, description="Replace existing outputs under the prefix.")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    prefix: str | None = Field(
+        default=None, description="Key prefix of the outputs in the service's store; default `<dataset>/cryolike/<input name>`."
+    )
+
+    @model_validator(mode="after")
+    def _mode_inputs(self) -> ConvertRequested:
+        needed = {
+            "star-pairs": ("star_files", "mrc_files"),
+            "star": ("star_file",),
+            "cs": ("cs_file",),
+            "job-dir": ("job_folder", "job"),
+        }[self.mode]
+        missing = [name for name in needed if getattr(self, name) in (None, [])]
+        if missing:
+            raise ValueError(f"mode {self.mode!r} needs {', '.join(missing)}")
+        if self.mode == "star-pairs" and len(self.star_files) != len(self.mrc_files):
+            raise ValueError(f"{len(self.star_files)} star_files but {len(self.mrc_files)} mrc_files: they must pair up")
+        if self.n_stacks_max == 0:
+            raise ValueError("n_stacks_max must be -1 (all) or at least 1")
+        return self
+
+
 EVENT_TYPES: tuple[type[EventData], ...] = (
     ExposureDiscovered,
     JobDiscovered,
@@ -375,6 +501,8 @@ EVENT_TYPES: tuple[type[EventData], ...] = (
     PortalMetadataWritten,
     LabelRecorded,
     TrainingSetExported,
+    ParticlesConverted,
+    ConvertRequested,
 )
 
 _BY_TYPE = {cls.static_type(): cls for cls in EVENT_TYPES if cls is not ProcessingFailed}

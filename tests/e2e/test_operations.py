@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cryobus.registry import DEFAULT_SERVICES
+
 from .helpers import start_cryobus, wait_until, write_micrographs
 
 pytestmark = pytest.mark.slow
@@ -41,8 +43,9 @@ def test_up_with_s3_store_health_metrics_logs_and_clean_stop(nats_server, s3_env
         head = s3_client.head_object(Bucket=s3_env.bucket, Key=sorted(wanted)[0])
         assert head["ContentType"] == "image/webp"
 
-        urls = {p.name.split("-")[0]: p.read_text().strip() for p in (state / "http").glob("*.url")}
-        assert set(urls) == {"ingest", "metadata", "render"}
+        # <service>-<pid>.url: each replica's /healthz, /readyz, /metrics (labelling-web.url is the web app)
+        urls = {p.stem.rsplit("-", 1)[0]: p.read_text().strip() for p in (state / "http").glob("*-[0-9]*.url")}
+        assert set(urls) == set(DEFAULT_SERVICES)
         for service, url in urls.items():
             assert _get(url + "/healthz")[0] == 200
             status, reason = _get(url + "/readyz")

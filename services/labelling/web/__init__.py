@@ -1,0 +1,1 @@
+"""The labelling web app (FastAPI + server-rendered HTML + a little vanilla JavaScript)."""
