@@ -74,6 +74,15 @@ class EmbeddedNatsServer:
         # Own process group: a Ctrl-C in the terminal reaches the supervisor, which then stops us in order.
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
+        return self.wait_listening(timeout_s)
+
+    def wait_listening(self, timeout_s: float = 15.0) -> EmbeddedNatsServer:
+        """Wait until the started server accepts TCP connections on its port.
+
+        Raises:
+            RuntimeError: the server exited or did not listen within ``timeout_s`` (its log tail is included).
+        """
+        assert self.proc is not None, "start the server first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
