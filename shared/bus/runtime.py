@@ -9,6 +9,8 @@ acks → ack. Failures are classified:
   wrong, and the message is terminated. Nothing is retried, nothing loops.
 * anything else: transient. ``nak`` with backoff; on the ``max_deliver``-th delivery the message
   is dead-lettered the same way (``error_class="retries_exhausted"``).
+* a message whose ``max_deliver`` attempts were all cut short (replica killed or stopped before a
+  verdict) comes once more (the consumer allows ``max_deliver + 1``) and is dead-lettered unrun.
 
 A replica killed with SIGKILL loses nothing: its unacked messages are redelivered after
 ``ack_wait``. On SIGTERM the runtime stops fetching, lets in-flight work finish for up to
@@ -83,17 +85,23 @@ class ServiceRuntime:
     # ------------------------------------------------------------------ topology
 
     def consumer_specs(self) -> list[ConsumerSpec]:
-        """This service's durable consumers: one on the events stream, one on commands (if it has commands)."""
+        """This service's durable consumers: one on the events stream (if it handles events), one on commands.
+
+        The server may deliver a message once more than the handler may run (``max_deliver + 1``):
+        that last delivery only dead-letters it. Otherwise a message whose every delivery was cut
+        short (replica killed or stopped) would be dropped by the server without a trace.
+        """
         s = self.settings
         specs = []
+        server_max_deliver = s.max_deliver + 1
         events = self.service.subjects("event")
         if events:
-            specs.append(ConsumerSpec(EVENTS_STREAM, self.service.name, events, s.ack_wait_s, s.max_deliver))
+            specs.append(ConsumerSpec(EVENTS_STREAM, self.service.name, events, s.ack_wait_s, server_max_deliver))
         # Every service has a command consumer: its own commands, and its dead letters sent back
         # by `cryobus dlq replay` (dispatched by the envelope's type like any event).
         commands = [*self.service.subjects("command"), replay_filter(self.service.name)]
         specs.append(
-            ConsumerSpec(COMMANDS_STREAM, f"{self.service.name}-commands", commands, s.ack_wait_s, s.max_deliver)
+            ConsumerSpec(COMMANDS_STREAM, f"{self.service.name}-commands", commands, s.ack_wait_s, server_max_deliver)
         )
         return specs
 
@@ -261,6 +269,11 @@ class ServiceRuntime:
         handler = self.service.handler_for(env.type)
         if handler is None:  # filtered subjects make this rare: an event type this service does not handle
             await msg.ack()
+            return
+        if deliveries > self.settings.max_deliver:  # every attempt was cut short: the server's last delivery
+            reason = f"delivered {deliveries} times without completing (replica killed, stopped or disconnected each time)"
+            log.error("giving up: %s", reason)
+            await self._dead_letter(msg, env, reason, None, None, "retries_exhausted", deliveries)
             return
         labels = dict(service=self.service.name, event_type=env.type)
         t0 = time.perf_counter()
