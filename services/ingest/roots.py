@@ -23,7 +23,10 @@ def _real(path: str | os.PathLike[str]) -> Path:
     text = os.fspath(path)
     if "\x00" in text:
         raise InputError("path contains a NUL byte", file=repr(text))
-    return Path(os.path.realpath(text))
+    try:
+        return Path(os.path.realpath(text))
+    except UnicodeEncodeError as exc:  # e.g. a lone surrogate from a JSON request: no file has that name
+        raise InputError(f"path cannot be encoded for the file system: {exc.reason}", file=repr(text)) from None
 
 
 class AllowedRoots:
@@ -63,8 +66,9 @@ class AllowedRoots:
 
         Raises:
             InputError: the real path is outside every root (``..`` escape, absolute path
-                elsewhere, a symlink pointing outside), or the path holds a NUL byte. The
-                error's ``file`` is the path as given.
+                elsewhere, a symlink pointing outside), or the path holds a NUL byte or a
+                character the file system cannot encode. The error's ``file`` is the path as
+                given (its ``repr`` for a NUL byte or an unencodable character).
         """
         real = _real(path)
         if self._match(real) is None:

@@ -26,6 +26,11 @@ pickles an empty array there, then fills it from in-band bytes); ``ndarray``, ``
 :data:`MAX_FRAME_ROWS` rows; ``DataFrame``/``Series`` are only created empty and filled from their
 pickled state (never built from arguments, which could broadcast a scalar over a huge index); a
 frame used by :func:`pkl_row` must be well formed and hold at most :data:`MAX_FRAME_CELLS` cells.
+Nor may a pickle crash numpy: a dtype is built from its type string, never from its pickled state
+(which can set flags that corrupt memory, or crash numpy), and an object array's state must hold as
+many items as its shape (numpy 2.4 segfaults otherwise). Before unpickling, the opcodes are walked
+once (:func:`_check_opcodes`): CPython's own unpickler allocates what a memo index or a byte count
+claims before it checks it.
 In-band data is bounded by :data:`MAX_PKL_BYTES`. Arrow arrays rebuilt from a pickle are fully
 validated before pandas sees them.
 """
@@ -36,6 +41,7 @@ import importlib
 import io
 import math
 import pickle
+import pickletools
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -44,6 +50,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy._core.multiarray import _reconstruct as _numpy_reconstruct
+from numpy._core.multiarray import scalar as _numpy_scalar
+from numpy._core.numeric import _frombuffer as _numpy_frombuffer
+from pandas._libs.internals import _unpickle_block as _pandas_unpickle_block
 from pandas.core.indexes.base import _new_Index as _pandas_new_index
 
 from cryobus.services.metadata.relion_table import MOTION_UNAVAILABLE
@@ -67,9 +76,20 @@ MEAN_DF_TOLERANCE_A = 0.5
 
 def _validated_arrow_array(data: Any) -> Any:
     """pyarrow's own unpickle helper, followed by a full validation: a crafted offsets buffer
-    must fail here, not read out of bounds later."""
+    must fail here, not read out of bounds later. The helper itself trusts the tuple's layout (with
+    a buffer missing it reads past its list and crashes), so that is checked first."""
+    import pyarrow as pa
     from pyarrow.lib import _restore_array
 
+    if not (isinstance(data, tuple) and len(data) == 7):
+        raise pickle.UnpicklingError("malformed Arrow array")
+    dtype, length, null_count, offset, buffers, children, dictionary = data
+    if not (
+        isinstance(dtype, pa.DataType) and dtype.num_fields == 0 and all(type(v) is int for v in (length, null_count, offset))
+        and isinstance(buffers, list) and len(buffers) == dtype.num_buffers
+        and all(b is None or isinstance(b, pa.Buffer) for b in buffers) and not children and dictionary is None
+    ):  # fmt: skip
+        raise pickle.UnpicklingError(f"malformed Arrow array of type {dtype!r:.40}")
     array = _restore_array(data)
     array.validate(full=True)
     return array
@@ -88,6 +108,63 @@ _INDEX_CLASSES = {_ClassArgument("pandas.Index"): pd.Index, _ClassArgument("pand
 _INDEX, _RANGE_INDEX = _INDEX_CLASSES
 
 
+class _PickledDtype:
+    """What ``numpy.dtype`` gives a pickle here. numpy's ``dtype.__setstate__`` trusts its state: a
+    crafted one sets flags such as "holds objects" on int64 (memory corruption later) or crashes numpy
+    outright. So the state is only read: it must describe a plain dtype (no fields, no sub-array)
+    exactly as numpy writes one, and a fresh dtype is built from the type string."""
+
+    def __init__(self, typestr: Any, *_: Any):
+        self.typestr = typestr
+        self.dtype: np.dtype | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4) and state[2:5] == (None,) * 3):
+            raise pickle.UnpicklingError(f"unusable dtype state {state!r:.80}")
+        name = str(self.typestr)
+        if len(state) == 9:  # datetime64 / timedelta64: (None, (unit, 1, 1, 1))
+            meta = state[8]
+            if not (isinstance(meta, tuple) and len(meta) == 2 and meta[0] is None and meta[1][1:] == (1, 1, 1)):
+                raise pickle.UnpicklingError(f"unusable dtype metadata {meta!r:.80}")
+            name += f"[{meta[1][0].decode('ascii')}]"
+        dtype = np.dtype(name)
+        dtype = dtype.newbyteorder(state[1]) if state[1] in ("<", ">") else dtype
+        if dtype.names is not None or dtype.subdtype is not None or state[5:8] not in (
+            (-1, -1, dtype.flags), (dtype.itemsize, dtype.alignment, dtype.flags)
+        ):
+            raise pickle.UnpicklingError(f"dtype state {state!r:.80} does not describe {dtype}")
+        self.dtype = dtype
+
+
+def _dtype(value: Any) -> Any:
+    """The dtype a pickle built (a :class:`_PickledDtype`); other values unchanged."""
+    if isinstance(value, _PickledDtype):
+        if value.dtype is None:
+            raise pickle.UnpicklingError("dtype used before its state was set")
+        return value.dtype
+    return value
+
+
+class _StagedArray(np.ndarray):
+    """What ``_reconstruct`` returns: an empty array whose pickled state is checked before numpy
+    applies it. numpy sizes an object array from the state's shape before it reads the state's list,
+    and crashes (numpy 2.4: segmentation fault) when the list is shorter."""
+
+    def __setstate__(self, state: Any) -> None:
+        at = 2 if len(state) == 5 else 1  # (version, shape, dtype, fortran, data) or (shape, dtype, fortran, data)
+        shape, dtype, data = state[at - 1], _dtype(state[at]), state[-1]
+        if not isinstance(dtype, np.dtype):
+            raise pickle.UnpicklingError(f"array state without a dtype: {dtype!r:.80}")
+        if dtype.hasobject and (not isinstance(data, list) or len(data) != math.prod(shape)):
+            raise pickle.UnpicklingError(f"object array of shape {shape} pickled with other than {math.prod(shape)} items")
+        # other dtypes: numpy checks the byte count against the shape before it allocates
+        np.ndarray.__setstate__(self, (*state[:at], dtype, *state[at + 1 :]))
+
+
+def _plain(values: Any) -> Any:
+    return values.view(np.ndarray) if isinstance(values, _StagedArray) else values
+
+
 def _bytearray(*args: Any) -> bytearray:
     if args and isinstance(args[0], int):  # bytearray(n) allocates n bytes; pickles pass bytes or str
         raise pickle.UnpicklingError("bytearray of a given size")
@@ -98,9 +175,22 @@ def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     """numpy's array rebuilder, for ``numpy.ndarray`` and at most :data:`MAX_RECONSTRUCT_BYTES`."""
     if subtype is not _NDARRAY:
         raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+    dtype = _dtype(dtype)
     if shape != (0,) and math.prod(shape) * np.dtype(dtype).itemsize > MAX_RECONSTRUCT_BYTES:
         raise pickle.UnpicklingError(f"array of shape {shape} and dtype {dtype!r} larger than {MAX_RECONSTRUCT_BYTES} bytes")
-    return _numpy_reconstruct(np.ndarray, shape, dtype)
+    return _numpy_reconstruct(_StagedArray, shape, dtype)
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    return _numpy_frombuffer(buffer, _dtype(dtype), shape, order)
+
+
+def _scalar(dtype: Any, *args: Any) -> Any:
+    return _numpy_scalar(_dtype(dtype), *args)
+
+
+def _unpickle_block(values: Any, placement: Any, ndim: Any) -> Any:
+    return _pandas_unpickle_block(_plain(values), placement, ndim)
 
 
 def _new_index(cls: Any, state: Any) -> pd.Index:
@@ -108,6 +198,9 @@ def _new_index(cls: Any, state: Any) -> pd.Index:
     real by any frame built on it) of at most :data:`MAX_FRAME_ROWS` rows."""
     if cls not in _INDEX_CLASSES or not isinstance(state, dict):
         raise pickle.UnpicklingError("_new_Index of something other than an Index")
+    state = {key: _plain(_dtype(value)) for key, value in state.items()}
+    if "data" in state and "dtype" in state and state["dtype"] != getattr(state["data"], "dtype", None):
+        raise pickle.UnpicklingError("index data pickled with a dtype of its own")  # a conversion could be huge
     index = _pandas_new_index(_INDEX_CLASSES[cls], state)
     if len(index) > MAX_FRAME_ROWS:
         raise pickle.UnpicklingError(f"index of {len(index)} rows, more than {MAX_FRAME_ROWS}")
@@ -138,18 +231,18 @@ _TARGETS: dict[tuple[str, str], tuple[str, str] | Callable[..., Any]] = {
     ("builtins", "bytearray"): _bytearray,
     ("_codecs", "encode"): ("_codecs", "encode"),  # protocol 2 bytes
     # numpy arrays, dtypes, scalars
-    ("numpy", "dtype"): ("numpy", "dtype"),
+    ("numpy", "dtype"): _PickledDtype,
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "scalar"): ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+    ("numpy._core.multiarray", "scalar"): _scalar,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,  # protocol 5
     # pandas frames, series, indexes and their block managers
     ("pandas", "DataFrame"): _empty_then_setstate(pd.DataFrame),
     ("pandas", "Series"): _empty_then_setstate(pd.Series),
     ("pandas", "Index"): _INDEX,
     ("pandas", "RangeIndex"): _RANGE_INDEX,
     ("pandas.core.indexes.base", "_new_Index"): _new_index,
-    ("pandas._libs.internals", "_unpickle_block"): ("pandas._libs.internals", "_unpickle_block"),
+    ("pandas._libs.internals", "_unpickle_block"): _unpickle_block,
     ("pandas.core.internals.managers", "BlockManager"): ("pandas.core.internals.managers", "BlockManager"),
     ("pandas.core.internals.managers", "SingleBlockManager"): (
         "pandas.core.internals.managers",
@@ -179,6 +272,64 @@ ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(_TARGETS) | frozenset(_A
 
 
 _RESOLVED: dict[tuple[str, str], Any] = {}
+
+
+def _opcode_arguments() -> list[int | None]:
+    """Per opcode byte: its fixed argument size (≥ 0), -1 for a text line, -(width + 1) for a
+    length-prefixed argument (width 1, 4 or 8 bytes; -5 for a signed 4-byte width), or None."""
+    variable = {pickletools.UP_TO_NEWLINE: -1, pickletools.TAKEN_FROM_ARGUMENT1: -2,
+                pickletools.TAKEN_FROM_ARGUMENT4U: -5, pickletools.TAKEN_FROM_ARGUMENT4: -6,
+                pickletools.TAKEN_FROM_ARGUMENT8U: -9}  # fmt: skip
+    table: list[int | None] = [None] * 256
+    for op in pickletools.opcodes:
+        n = 0 if op.arg is None else op.arg.n
+        table[ord(op.code)] = n if n >= 0 else variable[n]
+    return table
+
+
+_OPCODE_ARGUMENTS = _opcode_arguments()
+_PUT, _BINPUT, _LONG_BINPUT, _GLOBAL, _INST, _STOP = (ord(c) for c in "pqrci.")
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Walk the opcodes' arguments (not their effects) before the C unpickler sees them.
+
+    CPython's C unpickler (before the fix of CPython gh-115952) grows its memo table to twice a
+    PUT index and zeroes it, and allocates what a BINBYTES / BYTEARRAY8 length claims before reading
+    it: a 5-byte opcode can cost 64 GB. A memo index at or past the pickle's length, or a counted
+    argument longer than the bytes left, is refused here (≈ 0.1 µs per opcode).
+    """
+    n, pos, arguments = len(data), 0, _OPCODE_ARGUMENTS
+    while pos < n:
+        code = data[pos]
+        size = arguments[code]
+        pos += 1
+        if size is None:
+            raise pickle.UnpicklingError(f"invalid opcode {code:#04x} at byte {pos - 1}")
+        if size > 0:
+            if (code == _BINPUT or code == _LONG_BINPUT) and int.from_bytes(data[pos : pos + size], "little") >= n:
+                raise pickle.UnpicklingError(f"memo index past the end of the pickle at byte {pos - 1}")
+            pos += size
+        elif size == 0:
+            if code == _STOP:
+                return
+        elif size == -1:
+            end = data.find(b"\n", pos)
+            if end < 0:
+                raise pickle.UnpicklingError("pickle data was truncated")
+            if code == _PUT and int(data[pos:end]) >= n:
+                raise pickle.UnpicklingError(f"memo index past the end of the pickle at byte {pos - 1}")
+            pos = end + 1
+            if code == _GLOBAL or code == _INST:  # module and name: two lines
+                pos = data.find(b"\n", pos) + 1 or n
+        else:
+            width = -size - 1 if size != -6 else 4
+            length = int.from_bytes(data[pos : pos + width], "little", signed=size == -6)
+            pos += width
+            if length > n - pos:
+                raise pickle.UnpicklingError(f"argument of {length} bytes at byte {pos - width - 1}, {n - pos} left")
+            if length > 0:
+                pos += length
 
 
 class _ForbiddenGlobal(pickle.UnpicklingError):
@@ -233,6 +384,7 @@ def load_pkl(path: str | Path) -> dict:
     except OSError as exc:
         raise TransientError(f"cannot read {p}: {exc}") from exc
     try:
+        _check_opcodes(data)
         obj = _RestrictedUnpickler(io.BytesIO(data)).load()
     except _ForbiddenGlobal as exc:
         raise InputError(f"forbidden global {exc.qualname} in pickle", file=str(p), field="pickle") from None
@@ -445,7 +597,7 @@ def pkl_rows(
         paths: the ``.pkl`` files (e.g. ``Path(project, "pkl").glob("*.pkl")``).
         extract_cls: see :func:`pkl_row`.
         executor: where to parse, ``chunk`` files per task (e.g. a long-lived
-            ``ProcessPoolExecutor``: unpickling is CPU-bound, ≈ 0.35 ms per pkl); None = this thread.
+            ``ProcessPoolExecutor``: unpickling is CPU-bound, ≈ 0.5 ms per pkl); None = this thread.
             The result does not depend on it.
 
     Returns:
