@@ -106,7 +106,10 @@ def ctf_rows(ctf_star_path: str | Path, project_dir: str | Path) -> tuple[pd.Dat
 
     if "rlnCtfImage" in df.columns:
         for i in df.index[fom.isna() | res.isna()]:
-            txt = Path(project_dir) / diagnostic_image_path(str(df.at[i, "rlnCtfImage"])).with_suffix(".txt")
+            image = diagnostic_image_path(str(df.at[i, "rlnCtfImage"]))
+            if not image.name:
+                continue  # an empty or "." rlnCtfImage names no file
+            txt = Path(project_dir) / image.with_suffix(".txt")
             if not txt.is_file():
                 continue
             fit = read_ctffind_txt(txt)[0]
