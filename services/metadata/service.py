@@ -160,7 +160,7 @@ _POOL: ProcessPoolExecutor | None = None
 
 
 def _pkl_executor(n: int, threshold: int) -> ProcessPoolExecutor | None:
-    """A long-lived worker pool for big pkl batches (unpickling is CPU-bound, ≈ 0.4 ms per pkl);
+    """A long-lived worker pool for big pkl batches (unpickling is CPU-bound, ≈ 0.5 ms per pkl);
     below ``threshold`` new pkls one thread is faster than handing work to processes."""
     global _POOL
     if n < threshold or (os.cpu_count() or 1) < 2:
