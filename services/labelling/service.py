@@ -35,6 +35,7 @@ from cryobus.services.labelling.class_set import ClassSet
 from cryobus.services.labelling.classes_cryosparc import particles_cs_for, read_class_averages
 from cryobus.services.labelling.classes_relion import read_class2d
 from cryobus.services.labelling.store import LabelStore, default_url
+from cryobus.shared.bus.reprocess import enable_reprocessing
 from cryobus.shared.bus.service import HandlerContext, Service
 from cryobus.shared.config import Settings
 from cryobus.shared.errors import InputError, TransientError
@@ -43,6 +44,8 @@ from cryobus.shared.events import Envelope, JobDiscovered, event_class_for_type
 log = logging.getLogger("cryobus.labelling")
 
 service = Service(name="labelling")
+# `cryobus reprocess --stage labelling`: its handlers re-run on the replayed events.
+enable_reprocessing(service)
 
 OUTBOX_POLL_S = 1.0
 OUTBOX_BATCH = 200

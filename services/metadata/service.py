@@ -55,6 +55,7 @@ from cryobus.services.metadata.table import (
     Partial,
     merge_partials,
 )
+from cryobus.shared.bus.reprocess import enable_reprocessing
 from cryobus.shared.bus.service import HandlerContext, Service
 from cryobus.shared.errors import InputError
 from cryobus.shared.events import Envelope, JobDiscovered, MetadataUpdated
@@ -62,6 +63,8 @@ from cryobus.shared.micrograph_names import micrograph_name
 
 BUCKET = "cryobus_metadata"
 service = Service(name="metadata", kv_buckets=[BUCKET])
+# `cryobus reprocess --stage metadata`: its handlers re-run on the replayed events.
+enable_reprocessing(service)
 
 SOURCES = {
     ("relion", "CtfFind"): RELION_CTF,

@@ -81,6 +81,8 @@ class HandlerContext:
         self.pending: list[PendingEvent] = []
         self.deliveries = 1  # set by the runtime from the message metadata
         self.log = logging.getLogger(f"cryobus.{runtime.service.name}")
+        # Parameters of a reprocessing run (shared/bus/reprocess.py); None for ordinary work.
+        self.reprocess_params: dict[str, object] | None = None
 
     @property
     def service(self) -> str:
@@ -184,6 +186,21 @@ class HandlerContext:
     def kv_items(self, bucket: str, prefix: str) -> dict[str, tuple[bytes, int]]:
         """All (value, revision) under keys starting with ``prefix``."""
         return self._call(self._runtime.kv_items(bucket, prefix))
+
+    def derived(self, event: Envelope[Any]) -> HandlerContext:
+        """A context for handling ``event`` inside this message's handler (reprocessing replays)."""
+        sub = HandlerContext(self._runtime, event, self._loop)
+        sub.deliveries = self.deliveries
+        return sub
+
+    def publish_pending(self) -> None:
+        """Publish the queued follow-up events now (with publish acks) and clear the queue.
+
+        The runtime does this itself after a handler returns; a handler that drives other
+        handlers (reprocessing) calls it per replayed event so progress is announced as it goes.
+        """
+        self._call(self._runtime._publish_pending(self, self.event), timeout=120.0)
+        self.pending.clear()
 
     def replay(self, subjects: list[str], *, since: str | None = None, timeout: float = 300.0) -> list[Envelope[Any]]:
         """Past events on ``subjects`` from the event stream (see :mod:`cryobus.shared.bus.replay`)."""

@@ -19,6 +19,7 @@ from cryobus.shared.events.models import (
     ProcessingFailed,
     RenderCompleted,
     RenderRequested,
+    ReprocessRequested,
     TrainingSetExported,
     event_class_for_type,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "ProcessingFailed",
     "RenderCompleted",
     "RenderRequested",
+    "ReprocessRequested",
     "TrainingSetExported",
     "event_class_for_type",
     "new_event_id",

@@ -233,6 +233,28 @@ class RenderRequested(EventData):
     )
 
 
+class ReprocessRequested(EventData):
+    """Command: redo a stage's work for a dataset (``cryobus reprocess --stage S``), for metadata,
+    convert and labelling (render has its own :class:`RenderRequested`, with render parameters).
+
+    Every service with reprocessing enabled receives it; the one named by ``stage`` replays the
+    events it consumes for ``dataset`` (published since ``since``) from the event stream and handles
+    them again under this command's correlation id. An event already reprocessed with the same
+    ``params`` is skipped, so the same request twice does no duplicate work.
+    """
+
+    domain: ClassVar[str] = "reprocess"
+    verb: ClassVar[str] = "requested"
+    kind: ClassVar[Literal["event", "command"]] = "command"
+
+    stage: Literal["metadata", "convert", "labelling"]
+    dataset: str
+    since: str | None = Field(default=None, description="ISO 8601 time; only events published since then.")
+    params: dict[str, object] = Field(
+        default_factory=dict, description="Stage parameters, by name; a stage that takes none refuses any."
+    )
+
+
 class PortalMetadataWritten(EventData):
     """One tilt series' CryoET Data Portal metadata was written (see docs/cryoet-portal.md).
 
@@ -497,6 +519,7 @@ EVENT_TYPES: tuple[type[EventData], ...] = (
     MetadataUpdated,
     RenderCompleted,
     RenderRequested,
+    ReprocessRequested,
     ProcessingFailed,
     PortalMetadataWritten,
     LabelRecorded,
