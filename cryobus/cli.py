@@ -1,4 +1,4 @@
-"""The ``cryobus`` command line: up, run, ingest, reprocess, dlq, demo, schema, status."""
+"""The ``cryobus`` command line: up, run, ingest, convert, reprocess, dlq, demo, schema, status."""
 
 from __future__ import annotations
 
@@ -118,16 +118,22 @@ def _parse_params(items: list[str]) -> dict[str, object]:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    from cryobus.services.render.params import RenderParams
+    from cryobus.shared.bus.replay import parse_since
     from cryobus.shared.errors import InputError
-    from cryobus.shared.events import RenderRequested
+    from cryobus.shared.events import RenderRequested, ReprocessRequested
 
     params = _parse_params(args.param or [])
     try:
-        RenderParams.parse(params)  # refuse bad parameters here, not in the service's dead letters
+        parse_since(args.since)
+        if args.stage == "render":
+            from cryobus.services.render.params import RenderParams
+
+            RenderParams.parse(params)  # refuse bad parameters here, not in the service's dead letters
+            cmd = RenderRequested(dataset=args.dataset, since=args.since, params=params)
+        else:
+            cmd = ReprocessRequested(stage=args.stage, dataset=args.dataset, since=args.since, params=params)
     except InputError as exc:
         raise SystemExit(f"cryobus reprocess: {exc.reason}") from exc
-    cmd = RenderRequested(dataset=args.dataset, since=args.since, params=params)
     event_id, seq = _publish_command(_settings(args), cmd)
     print(f"{args.stage} reprocessing requested for dataset {args.dataset}: event {event_id} (stream seq {seq})")
     return 0
@@ -209,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--root", action="append", metavar="DIR",
                     help="folder `cryobus ingest` may read without watching it (repeatable)")
     up.add_argument("--dataset", help="dataset name for every watched folder (default: the folder's name)")
-    up.add_argument("--services", help=f"comma-separated subset of {','.join(DEFAULT_SERVICES)}")
+    up.add_argument("--services", help=f"comma-separated services of {','.join(SERVICES)} (default: {','.join(DEFAULT_SERVICES)})")
     up.add_argument("--replicas", action="append", metavar="SERVICE=N", help="replicas of a service (repeatable)")
     up.add_argument("--exit-when-idle", action="store_true", help="stop once all discovered input is processed")
     up.add_argument("--idle-timeout", type=float, default=3600.0, help="give up waiting for idle after this many s")
@@ -236,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("reprocess", help="redo a stage's work for a dataset, with new parameters")
     common(rep)
     rep.add_argument("--dataset", required=True)
-    rep.add_argument("--stage", required=True, choices=["render"])
+    rep.add_argument("--stage", required=True, choices=["render", "metadata", "labelling"],
+                     help="convert: run `cryobus convert ...` with the new parameters and a new --out instead")
     rep.add_argument("--since", help="only inputs discovered since this ISO 8601 time")
     rep.add_argument("--param", action="append", metavar="KEY=VALUE",
                      help="a parameter of the stage (repeatable), e.g. max_size=2048, clip_percentiles=[1,99]")
@@ -263,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-out", help="where artifacts (and run state) go")
     demo.add_argument("--keep-state", action="store_true", help="reuse the previous run's NATS/ingest state")
     demo.set_defaults(func=cmd_demo)
+
+    from cryobus import convert_cli
+
+    convert_cli.add_parser(sub, common)
     return p
 
 

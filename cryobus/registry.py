@@ -12,9 +12,12 @@ SERVICES: dict[str, str] = {
     "metadata": "cryobus.services.metadata.service",
     "render": "cryobus.services.render.service",
     "labelling": "cryobus.services.labelling.service",
+    "convert": "cryobus.services.convert.service",
 }
 
-DEFAULT_SERVICES = ("ingest", "metadata", "render", "labelling")
+# Everything `cryobus up` starts (make demo included). convert needs the `convert` extra (torch,
+# finufft), which `make install` installs; a machine without it runs `--services` without convert.
+DEFAULT_SERVICES = ("ingest", "metadata", "render", "labelling", "convert")
 
 
 def load_service(name: str) -> Service:

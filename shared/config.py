@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     )
     labelling_cookie_secure: bool = Field(default=False, description="Mark labelling session cookies Secure (HTTPS).")
 
+    convert_params: Path | None = Field(
+        default=None,
+        description="CryoLike params .npz the convert service uses for particle jobs ingest announces; "
+        "unset: a descriptor built from the particles with CryoLike's defaults (docs/convert.md).",
+    )
+
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=0, description="Port for /metrics, /healthz, /readyz (0: pick a free one).")
     log_level: str = "INFO"

@@ -169,6 +169,41 @@ class ImageDescriptor:
         }
 
 
+@dataclass(frozen=True)
+class DefaultDescriptor:
+    """An image descriptor to be built from the particles themselves, with CryoLike's defaults.
+
+    What the service uses when no params file is given: ``n_pixels`` defaults to the stored image
+    size (after any downsampling), ``pixel_size`` to the box of the images divided by ``n_pixels``
+    (so the box is always the images' box), then :meth:`ImageDescriptor.from_values` applies
+    CryoLike's ``from_individual_values`` defaults (``radius_max = resolution_factor · n_pixels / 4``,
+    ``n_inplanes = 2 · n_pixels``, ``dist_radii = 0.25``).
+    """
+
+    n_pixels: int | tuple[int, int] | None = None
+    pixel_size: float | tuple[float, float] | None = None
+    precision: Precision = "single"
+    resolution_factor: float = 1.0
+    n_inplanes: int | None = None
+    viewing_distance: float | None = None
+
+    def resolve(self, stored_shape: tuple[int, int], stored_pixel_size: float) -> ImageDescriptor:
+        """The descriptor for images of ``stored_shape`` px of ``stored_pixel_size`` Å.
+
+        Raises:
+            InputError: a non-positive value (``field`` names it).
+        """
+        n = _pair(self.n_pixels, int, "n_pixels") if self.n_pixels is not None else tuple(int(v) for v in stored_shape)
+        if self.pixel_size is not None:
+            p = _pair(self.pixel_size, float, "pixel_size")
+        else:
+            p = tuple(stored_shape[i] * stored_pixel_size / n[i] for i in range(2))
+        return ImageDescriptor.from_values(
+            n_pixels=n, pixel_size=p, precision=self.precision, resolution_factor=self.resolution_factor,
+            n_inplanes=self.n_inplanes, viewing_distance=self.viewing_distance,
+        )
+
+
 def _pair(value: Any, kind: type, field: str) -> tuple[Any, Any]:
     arr = np.atleast_1d(np.asarray(value)).ravel()
     if arr.size == 1:

@@ -37,12 +37,12 @@ from cryobus.services.convert.batching import StackPlan, plan_stacks
 from cryobus.services.convert.inputs import ParticleSource, load_sources
 from cryobus.services.convert.inputs.specs import CsJobDir, IndexedCs, IndexedStar, StarMrcPairs
 from cryobus.services.convert.normalise import center_and_scale, downsample
-from cryobus.services.convert.params import ImageDescriptor, read_params
+from cryobus.services.convert.params import DefaultDescriptor, ImageDescriptor, read_params
 from cryobus.services.convert.plots import stack_plots
 from cryobus.services.convert.polar import PolarTransform, normalize_fourier
 from cryobus.services.convert.polar_grid import PolarGrid
 from cryobus.services.convert.stack_reader import StackReader
-from cryobus.services.convert.writer import stack_keys, write_stack
+from cryobus.services.convert.writer import Put, stack_keys, write_stack
 from cryobus.shared.errors import InputError
 from cryobus.shared.store import ArtifactStore, StoredObject, open_store
 
@@ -240,7 +240,7 @@ def _saved_descriptor(
 
 def prepare(
     inputs: InputsSpec,
-    params: ImageDescriptor | str | os.PathLike,
+    params: ImageDescriptor | DefaultDescriptor | str | os.PathLike | None,
     options: ConvertOptions | None = None,
     *,
     store: ArtifactStore | None = None,
@@ -249,7 +249,9 @@ def prepare(
 
     Args:
         inputs: one of the four input specs.
-        params: the image descriptor, or the path of CryoLike's params ``.npz``.
+        params: the image descriptor, or the path of CryoLike's params ``.npz``, or a
+            :class:`DefaultDescriptor` (None: ``DefaultDescriptor()``) to build one from the
+            particles with CryoLike's defaults (stored size and pixel size of the first source).
         options: conversion parameters (defaults: :class:`ConvertOptions`).
         store: when given, also check that no output key exists yet (unless ``overwrite``).
 
@@ -261,8 +263,10 @@ def prepare(
             outputs, naming file, field and (where there is one) the metadata row.
     """
     options = options or ConvertOptions()
-    params_file = None if isinstance(params, ImageDescriptor) else str(params)
-    desc = params if isinstance(params, ImageDescriptor) else read_params(params)
+    if params is None:
+        params = DefaultDescriptor()
+    params_file = None if isinstance(params, (ImageDescriptor, DefaultDescriptor)) else str(params)
+    desc = read_params(params) if params_file is not None else params
     notes: list[str] = []
     sources = load_sources(inputs, cryolike_order=options.cryolike_compatible)
     f = options.downsample_factor
@@ -276,6 +280,12 @@ def prepare(
             )
         stored = (n0 // f, n1 // f)
         p_in = _input_pixel_size(source, options, notes)
+        if isinstance(desc, DefaultDescriptor):
+            desc = desc.resolve(stored, p_in * f)
+            notes.append(
+                f"image descriptor from the particles (CryoLike defaults): {desc.n_pixels[0]}x{desc.n_pixels[1]} px of "
+                f"{desc.pixel_size[0]:.6g} Å, radius_max {desc.radius_max:g}, {desc.n_inplanes} in-plane angles"
+            )
         descriptors.append(_saved_descriptor(desc, params_file, stored, p_in * f, options, notes))
         pixel_sizes.append(p_in)
         shapes.append(stored)
@@ -338,10 +348,11 @@ def select_device(requested: str = "auto") -> torch.device:
 class _Runner:
     """The three stream stages over one :class:`Prepared` plan."""
 
-    def __init__(self, prepared: Prepared, store: ArtifactStore, device: torch.device):
+    def __init__(self, prepared: Prepared, store: ArtifactStore, device: torch.device, put: Put | None = None):
         self.p = prepared
         self.o = prepared.options
         self.store = store
+        self.put = put
         self.device = device
         self.readers = [StackReader(s.mrc_files, s.headers) for s in prepared.sources]
         self.transforms: dict[tuple[int, int], PolarTransform] = {}
@@ -397,7 +408,9 @@ class _Runner:
             box = max(desc.box_size_A)
             shown = slice(0, MAX_PLOTTED)
             plots = stack_plots(phys[shown].float().numpy(), fourier[shown].numpy(), power, self.p.grid, box)
-        artifacts = write_stack(self.store, self.p.keys[plan.index], phys=phys, fourier=fourier, npz=npz, plots=plots)
+        artifacts = write_stack(
+            self.store, self.p.keys[plan.index], phys=phys, fourier=fourier, npz=npz, plots=plots, put=self.put
+        )
         files = np.unique(source.file_index[plan.start : plan.stop])
         timings = timings | {"write_s": time.perf_counter() - t0}
         return StackWritten(
@@ -451,22 +464,29 @@ class _Runner:
 
 def convert(
     inputs: InputsSpec,
-    params: ImageDescriptor | str | os.PathLike,
+    params: ImageDescriptor | DefaultDescriptor | str | os.PathLike | None,
     out: ArtifactStore | str | os.PathLike,
     options: ConvertOptions | None = None,
     *,
     on_stack: Callable[[StackWritten], None] | None = None,
+    put: Put | None = None,
+    prepared: Prepared | None = None,
 ) -> list[StackWritten]:
     """Convert particle stacks into CryoLike's layout.
 
     Args:
         inputs: :class:`StarMrcPairs`, :class:`IndexedStar`, :class:`IndexedCs` or :class:`CsJobDir`.
-        params: CryoLike params ``.npz`` path, or an :class:`ImageDescriptor`.
+        params: CryoLike params ``.npz`` path, an :class:`ImageDescriptor`, or a
+            :class:`DefaultDescriptor` / None (CryoLike's defaults for the particles, see :func:`prepare`).
         out: an artifact store, or a ``file://``/``s3://`` URL or folder path to open as one;
             the layout goes under ``options.prefix`` in it.
         options: :class:`ConvertOptions`.
         on_stack: called (in the caller's thread, in stack order) as soon as each stack is
             completely written — e.g. to announce it.
+        put: writes each object instead of ``store.put`` (see :func:`~.writer.write_stack`); it
+            must write into ``out``.
+        prepared: the result of an earlier :func:`prepare` of these inputs into this store
+            (saves reading the metadata twice); its options are used, ``options`` is ignored.
 
     Returns:
         One :class:`StackWritten` per stack, in order.
@@ -477,12 +497,13 @@ def convert(
         TransientError: the store failed.
         RuntimeError: ``device='cuda'`` without a usable GPU.
     """
-    options = options or ConvertOptions()
+    options = prepared.options if prepared is not None else (options or ConvertOptions())
     store = out if isinstance(out, ArtifactStore) else open_store(str(out))
-    prepared = prepare(inputs, params, options, store=store)
+    if prepared is None:
+        prepared = prepare(inputs, params, options, store=store)
     device = select_device(options.device)
     t0 = time.perf_counter()
-    written = _Runner(prepared, store, device).run(on_stack)
+    written = _Runner(prepared, store, device, put).run(on_stack)
     elapsed = time.perf_counter() - t0
     n = sum(w.n_images for w in written)
     log.info(

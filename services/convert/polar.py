@@ -202,9 +202,11 @@ class PolarTransform:
             return
         pairs = (n + 1) // 2
         real_dtype = torch.float64 if self.compute_dtype == torch.complex128 else torch.float32
-        packed = torch.zeros((pairs, *self.shape, 2), dtype=real_dtype, device=images.device)
+        packed = torch.empty((pairs, *self.shape, 2), dtype=real_dtype, device=images.device)
         packed[:, :, :, 0] = images[0::2]
         packed[: n // 2, :, :, 1] = images[1::2]
+        if n % 2:
+            packed[-1, :, :, 1] = 0  # the last image has no partner (zeroing all of it costs ~10 % of a 64² stack)
         flat = torch.empty((pairs, self.n_points), dtype=self.compute_dtype, device=images.device)
         self._nufft2(torch.view_as_complex(packed), flat)
         del packed

@@ -20,7 +20,7 @@ is complete.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from cryobus.shared.store import ArtifactStore, StoredObject
 PT_MEDIA_TYPE = "application/octet-stream"
 NPZ_MEDIA_TYPE = "application/x-npz"
 PNG_MEDIA_TYPE = "image/png"
+
+# put(key, data, media_type, role) -> StoredObject: one write (and, in the service, its announcement).
+Put = Callable[[str, bytes, str, str], StoredObject]
 
 
 def stack_keys(index: int, *, prefix: str = "", plots: bool = True) -> dict[str, str]:
@@ -76,6 +79,7 @@ def write_stack(
     fourier: torch.Tensor,
     npz: dict[str, Any],
     plots: dict[str, bytes] | None = None,
+    put: Put | None = None,
 ) -> dict[str, StoredObject]:
     """Write one stack's objects (tensors, plots, then the npz).
 
@@ -86,6 +90,8 @@ def write_stack(
         fourier: (B, n_shells, n_inplanes) complex tensor, any device.
         npz: the npz entries, in order.
         plots: PNG bytes by role (``plot_phys``, ``plot_fourier``, ``plot_power``).
+        put: writes one object instead of ``store.put``: ``put(key, data, media_type, role)``
+            (the service passes one that also announces the object).
 
     Returns:
         The stored records by role.
@@ -93,11 +99,16 @@ def write_stack(
     Raises:
         TransientError: the store failed.
     """
+    def write(role: str, data: bytes, media_type: str) -> StoredObject:
+        if put is not None:
+            return put(keys[role], data, media_type, role)
+        return store.put(keys[role], data, media_type=media_type)
+
     out = {
-        "phys": store.put(keys["phys"], tensor_bytes(phys), media_type=PT_MEDIA_TYPE),
-        "fourier": store.put(keys["fourier"], tensor_bytes(fourier), media_type=PT_MEDIA_TYPE),
+        "phys": write("phys", tensor_bytes(phys), PT_MEDIA_TYPE),
+        "fourier": write("fourier", tensor_bytes(fourier), PT_MEDIA_TYPE),
     }
     for role, data in (plots or {}).items():
-        out[role] = store.put(keys[role], data, media_type=PNG_MEDIA_TYPE)
-    out["npz"] = store.put(keys["npz"], npz_bytes(npz), media_type=NPZ_MEDIA_TYPE)
+        out[role] = write(role, data, PNG_MEDIA_TYPE)
+    out["npz"] = write("npz", npz_bytes(npz), NPZ_MEDIA_TYPE)
     return out

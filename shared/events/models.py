@@ -234,8 +234,9 @@ class RenderRequested(EventData):
 
 
 class ReprocessRequested(EventData):
-    """Command: redo a stage's work for a dataset (``cryobus reprocess --stage S``), for metadata,
-    convert and labelling (render has its own :class:`RenderRequested`, with render parameters).
+    """Command: redo a stage's work for a dataset (``cryobus reprocess --stage S``), for metadata and
+    labelling (render has its own :class:`RenderRequested`, with render parameters; a conversion
+    with new parameters is a ``convert.requested`` — ``cryobus convert`` — into a new folder).
 
     Every service with reprocessing enabled receives it; the one named by ``stage`` replays the
     events it consumes for ``dataset`` (published since ``since``) from the event stream and handles
@@ -247,7 +248,7 @@ class ReprocessRequested(EventData):
     verb: ClassVar[str] = "requested"
     kind: ClassVar[Literal["event", "command"]] = "command"
 
-    stage: Literal["metadata", "convert", "labelling"]
+    stage: Literal["metadata", "labelling"]
     dataset: str
     since: str | None = Field(default=None, description="ISO 8601 time; only events published since then.")
     params: dict[str, object] = Field(

@@ -57,11 +57,11 @@ def _bad_files(root: Path, outside: Path, marker: Path) -> dict[str, set[str]]:
     # A RELION job whose table cannot be read, by the metadata table nor by the CTF previews.
     put("relionproj/CtfFind/job003/micrographs_ctf.star", STAR_WITH_TEXT_PIXEL_SIZE.encode(), {"metadata", "render"})
     # CryoSPARC particles: a header promising 100 GB, and fields of the wrong dtype.
-    put("J8/J8_particles.cs", npy_promising(PROMISED_100_GB), {"metadata", "render"})
+    put("J8/J8_particles.cs", npy_promising(PROMISED_100_GB), {"metadata", "render", "convert"})
     wrong = np.zeros(3, dtype=[("uid", "<u8"), ("location/micrograph_uid", "U8"), ("location/micrograph_path", "<f4"),
                                ("location/center_x_frac", "<f4"), ("location/center_y_frac", "<f4"),
                                ("location/micrograph_shape", "<u4", (2,))])  # fmt: skip
-    put("J9/J9_particles.cs", saved(wrong), {"metadata", "render"})
+    put("J9/J9_particles.cs", saved(wrong), {"metadata", "render"})  # no blob/*: convert skips it
     # NextPYP: hostile pickles and a truncated one beside a good one.
     hostile = hostile_pickles(marker)
     for i, case in enumerate(["os.system", "DataFrame from arguments over an allowed index", "_reconstruct of 100 GB",

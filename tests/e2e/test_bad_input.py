@@ -86,8 +86,9 @@ def test_run_reports_failure_in_exit_code_and_summary(bad_run):
     proc = bad_run["proc"]
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     # truncated MRC (ingest), STAR without rlnDefocusU (metadata), the fake .cs (metadata for the
-    # particle counts, render for the picks), the symlink out of the roots (ingest)
-    assert "failures: 5" in proc.stdout, proc.stdout[-3000:]
+    # particle counts, render for the picks, convert for the particle tensors), the symlink out of
+    # the roots (ingest)
+    assert "failures: 6" in proc.stdout, proc.stdout[-3000:]
 
 
 def test_truncated_mrc_is_refused_by_name(bad_run):
@@ -103,7 +104,7 @@ def test_star_without_defocus_u_names_the_column(bad_run):
 
 def test_cs_that_is_not_numpy_is_named(bad_run):
     hits = [f for f in bad_run["failed"] if f.file and f.file.endswith("J7/J7_particles.cs")]
-    assert {f.service for f in hits} == {"metadata", "render"}
+    assert {f.service for f in hits} == {"metadata", "render", "convert"}
     assert all("numpy" in f.reason and f.error_class == "permanent" for f in hits)
 
 

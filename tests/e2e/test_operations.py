@@ -44,8 +44,12 @@ def test_up_with_s3_store_health_metrics_logs_and_clean_stop(nats_server, s3_env
         assert head["ContentType"] == "image/webp"
 
         # <service>-<pid>.url: each replica's /healthz, /readyz, /metrics (labelling-web.url is the web app)
-        urls = {p.stem.rsplit("-", 1)[0]: p.read_text().strip() for p in (state / "http").glob("*-[0-9]*.url")}
-        assert set(urls) == set(DEFAULT_SERVICES)
+        def health_urls() -> dict[str, str]:
+            return {p.stem.rsplit("-", 1)[0]: p.read_text().strip() for p in (state / "http").glob("*-[0-9]*.url")}
+
+        # convert imports torch before it listens: give every service the time to come up
+        assert wait_until(lambda: set(health_urls()) == set(DEFAULT_SERVICES), 60), health_urls()
+        urls = health_urls()
         for service, url in urls.items():
             assert _get(url + "/healthz")[0] == 200
             status, reason = _get(url + "/readyz")

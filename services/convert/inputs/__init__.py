@@ -58,7 +58,12 @@ def load_sources(spec: StarMrcPairs | IndexedStar | IndexedCs | CsJobDir, *, cry
     if isinstance(spec, IndexedStar):
         return [read_indexed_star(spec.star_file, folder=spec.folder, project_dir=spec.project_dir, cryolike_order=cryolike_order)]
     if isinstance(spec, IndexedCs):
-        return [read_indexed_cs(spec.cs_file, folder=spec.folder, project_dir=spec.project_dir, cryolike_order=cryolike_order)]
+        return [
+            read_indexed_cs(
+                spec.cs_file, passthrough_file=spec.passthrough_file, folder=spec.folder,
+                project_dir=spec.project_dir, cryolike_order=cryolike_order,
+            )
+        ]
     if isinstance(spec, CsJobDir):
         return [read_cs_job_dir(spec.folder, spec.job)]
     raise TypeError(f"unknown input spec {type(spec).__name__}")

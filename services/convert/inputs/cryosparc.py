@@ -29,7 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cryobus.services.convert.inputs.model import LensMetadata, ParticleSource, check_sections, finite_column, unique_value
+from cryobus.services.convert.inputs.model import (
+    LensMetadata,
+    ParticleSource,
+    check_sections,
+    finite_column,
+    row_error,
+    unique_value,
+)
 from cryobus.services.convert.inputs.paths import resolve_stack_paths
 from cryobus.shared.errors import InputError
 from cryobus.shared.formats.cryosparc import read_cs, require_fields
@@ -75,9 +82,50 @@ def _lens(arr: np.ndarray, cs_file: Path) -> LensMetadata:
     return LensMetadata(per_image=per_image, scalars=scalars, whole=whole)
 
 
+def merge_passthrough(arr: np.ndarray, cs_file: Path, passthrough_file: Path) -> np.ndarray:
+    """``arr`` with the fields only its passthrough ``.cs`` holds, matched row by row on ``uid``.
+
+    CryoSPARC writes the fields a job created into ``J<n>_<name>.cs`` and the fields it passed
+    on unchanged (often ``ctf/*``) into ``J<n>_passthrough_<name>.cs``; both carry ``uid``.
+    Fields present in both are taken from ``arr``.
+
+    Returns:
+        A new structured array, ``arr``'s rows in ``arr``'s order, ``arr``'s fields then the others.
+
+    Raises:
+        InputError: the passthrough file is unreadable, either file lacks ``uid``, or a row's uid
+            is not in the passthrough file (``field="uid"``, row named).
+    """
+    extra_arr = read_cs(passthrough_file)
+    require_fields(arr, ("uid",), file=cs_file)
+    require_fields(extra_arr, ("uid",), file=passthrough_file)
+    extra = [n for n in extra_arr.dtype.names if n not in arr.dtype.names]
+    if not extra:
+        return arr
+    order = np.argsort(extra_arr["uid"], kind="stable")
+    sorted_uid = extra_arr["uid"][order]
+    pos = np.clip(np.searchsorted(sorted_uid, arr["uid"]), 0, max(sorted_uid.size - 1, 0))
+    found = sorted_uid[pos] == arr["uid"] if sorted_uid.size else np.zeros(arr.size, dtype=bool)
+    if not found.all():
+        row = int(np.flatnonzero(~found)[0])
+        raise row_error(
+            f"uid {int(arr['uid'][row])} of {cs_file.name} is not in the passthrough file",
+            file=passthrough_file, field="uid", row=row,
+        )
+    take = order[pos]
+    names = list(arr.dtype.names) + extra
+    merged = np.empty(arr.shape, dtype=[(n, (arr if n in arr.dtype.names else extra_arr).dtype.fields[n][0]) for n in names])
+    for n in arr.dtype.names:
+        merged[n] = arr[n]
+    for n in extra:
+        merged[n] = extra_arr[n][take]
+    return merged
+
+
 def read_indexed_cs(
     cs_file: Path,
     *,
+    passthrough_file: Path | None = None,
     folder: Path | None = None,
     project_dir: Path | None = None,
     cryolike_order: bool = False,
@@ -86,6 +134,8 @@ def read_indexed_cs(
 
     Args:
         cs_file: the ``.cs`` (numpy structured array) with ``blob/path``, ``blob/idx`` and ``ctf/*``.
+        passthrough_file: its ``J<n>_passthrough_<name>.cs``, supplying fields (e.g. ``ctf/*``)
+            the ``.cs`` lacks (:func:`merge_passthrough`).
         folder, project_dir: where stacks are looked up (:mod:`.paths`).
         cryolike_order: CryoLike's output order (grouped by sorted ``blob/path``); default row order.
 
@@ -97,6 +147,8 @@ def read_indexed_cs(
     """
     cs_file = Path(cs_file)
     arr = read_cs(cs_file)
+    if passthrough_file is not None:
+        arr = merge_passthrough(arr, cs_file, Path(passthrough_file))
     require_fields(arr, ("blob/path", "blob/idx"), file=cs_file)
     lens = _lens(arr, cs_file)
     raw_paths = arr["blob/path"]

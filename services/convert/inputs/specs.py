@@ -53,6 +53,9 @@ class IndexedCs(_Spec):
 
     mode: Literal["cs"] = "cs"
     cs_file: Path
+    passthrough_file: Path | None = Field(
+        default=None, description="J<n>_passthrough_<name>.cs: fields the .cs lacks (e.g. ctf/*), matched on uid."
+    )
     folder: Path | None = Field(default=None, description="CryoLike's folder_cryosparc: stacks are looked up here by file name.")
     project_dir: Path | None = Field(default=None, description="CryoSPARC project folder the blob/path values are relative to.")
 
