@@ -84,7 +84,7 @@ def _publish_command(settings, data) -> tuple[str, int]:
         nc = await connect_with_retry(settings, "cryobus-cli")
         try:
             js = nc.jetstream()
-            await ensure_streams(js)
+            await ensure_streams(js, replicas=settings.stream_replicas, update_existing=False)
             env = Envelope.wrap(data, source="/cryobus/cli")
             ack = await js.publish(env.nats_subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
             return env.id, ack.seq
@@ -166,7 +166,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         nc = await connect_with_retry(settings, "cryobus-dlq")
         try:
             js = nc.jetstream()
-            await ensure_streams(js)
+            await ensure_streams(js, replicas=settings.stream_replicas, update_existing=False)
             if args.action == "purge":
                 n = await dlq.purge_dead_letters(js, service=args.service)
                 print(f"purged {n} dead letter(s)")

@@ -275,7 +275,7 @@ async def _request_and_wait(settings: Any, req: Any, *, timeout: float, as_json:
     name = f"convert-cli-{uuid.uuid4().hex[:12]}"
     js = nc.jetstream()
     try:
-        await ensure_streams(js)
+        await ensure_streams(js, replicas=settings.stream_replicas, update_existing=False)
         after = (await js.stream_info(EVENTS_STREAM)).state.last_seq
         # Follow the answers from before the request is published, so none can be missed.
         await js.add_consumer(EVENTS_STREAM, config=ConsumerConfig(

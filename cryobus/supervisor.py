@@ -160,7 +160,7 @@ class Supervisor:
     async def _main(self, state: Path) -> int:
         nc = await connect_with_retry(self.settings, "cryobus-up")
         js = nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, replicas=self.settings.stream_replicas)
         start_seq = (await js.stream_info(EVENTS_STREAM)).state.last_seq
         for name in self.services:
             for r in range(self.replicas.get(name, 1)):

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         "unset: a descriptor built from the particles with CryoLike's defaults (docs/convert.md).",
     )
 
+    stream_replicas: int = Field(
+        default=1, ge=1, le=5,
+        description="JetStream replicas of the cryobus streams (3 on a 3-node cluster); services create and update "
+        "the streams with it, one-shot CLI commands only create missing ones.",
+    )
+
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=0, description="Port for /metrics, /healthz, /readyz (0: pick a free one).")
     log_level: str = "INFO"

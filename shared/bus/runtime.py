@@ -107,7 +107,7 @@ class ServiceRuntime:
 
     async def provision(self) -> None:
         assert self.js is not None
-        await ensure_streams(self.js)
+        await ensure_streams(self.js, replicas=self.settings.stream_replicas)
         for spec in self.consumer_specs():
             await ensure_consumer(self.js, spec)
         for bucket in self.service.kv_buckets:

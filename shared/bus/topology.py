@@ -63,12 +63,21 @@ def stream_configs(*, replicas: int = 1, max_age_s: float = 0.0) -> list[StreamC
     ]
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create the streams, or update them to the declared config."""
+async def ensure_streams(js: JetStreamContext, *, replicas: int = 1, update_existing: bool = True) -> None:
+    """Create the streams, or update them to the declared config.
+
+    Args:
+        js: JetStream context.
+        replicas: JetStream replicas per stream (``CRYOBUS_STREAM_REPLICAS``).
+        update_existing: services pass True (they own the topology); one-shot producers such as
+            the CLI pass False so they never change a stream a deployment configured differently.
+    """
     for cfg in stream_configs(replicas=replicas):
         try:
             await js.add_stream(cfg)
         except BadRequestError as exc:
+            if not update_existing:
+                continue
             # "stream name already in use with a different configuration": update in place.
             log.info("updating stream %s: %s", cfg.name, exc.description)
             await js.update_stream(cfg)

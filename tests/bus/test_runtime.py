@@ -285,3 +285,31 @@ def test_replicas_share_one_durable_consumer_and_split_the_work(nats_server, tmp
     assert [c.name for c in consumers] == ["toy"]  # one durable, shared
     assert sorted(attempts) == [f"mic_{i:03d}" for i in range(40)] and set(attempts.values()) == {1}
     assert seen_by["a"] and seen_by["b"]  # both replicas did some of the work
+
+
+def test_cli_producers_never_change_a_stream_services_own(nats_server):
+    """ensure_streams(update_existing=False) (the CLI) leaves an existing stream's config alone; a
+    service (update_existing=True) brings it back to the declared one; the replica count is passed
+    through (a single server refuses 3 replicas, proving it reached the server)."""
+    from nats.js.api import StreamConfig
+    from nats.js.errors import APIError
+
+    async def main():
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name=EVENTS_STREAM, subjects=["cryobus.events.>"], description="operator's"))
+        await ensure_streams(js, update_existing=False)
+        kept = (await js.stream_info(EVENTS_STREAM)).config.description
+        await ensure_streams(js)
+        restored = (await js.stream_info(EVENTS_STREAM)).config.description
+        try:
+            await ensure_streams(js, replicas=3)
+            refused = None
+        except APIError as exc:  # ServerError 10074 on a single server
+            refused = exc.description
+        await nc.close()
+        return kept, restored, refused
+
+    kept, restored, refused = asyncio.run(main())
+    assert kept == "operator's" and restored == "cryobus facts"
+    assert refused and "replicas" in refused.lower()
