@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from cryobus.registry import DEFAULT_SERVICES
 from cryobus.shared.config import Settings
 from cryobus.supervisor import Supervisor
 
@@ -41,6 +42,7 @@ def run_demo(*, data: Path | None, out: Path, keep_state: bool = False) -> int:
         store_url=(out / "artifacts").as_uri(),
         state_dir=state,
         settle_s=0.5,
+        labelling_port=0,  # the web app on a free port: a demo must not collide with a running `cryobus up`
     )
     print(f"cryobus demo: processing {data}; artifacts go to {out / 'artifacts'}", flush=True)
-    return Supervisor(settings=settings, services=["ingest", "metadata", "render"], exit_when_idle=True).run()
+    return Supervisor(settings=settings, services=list(DEFAULT_SERVICES), exit_when_idle=True).run()
