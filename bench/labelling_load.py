@@ -38,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover - the test extra installs httpx2
     import httpx  # type: ignore[no-redef]
 
-from cryobus.services.labelling.classes_relion import read_class2d
+from cryobus.shared.class_averages.relion import read_class2d
 from cryobus.services.labelling.store import LabelStore
 
 TOKEN = "bench-token"

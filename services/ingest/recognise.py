@@ -86,7 +86,7 @@ from cryobus.services.ingest.tilt_series import (
 )
 from cryobus.shared.errors import InputError
 from cryobus.shared.events.envelope import content_digest, stable_event_id
-from cryobus.shared.events.models import ExposureDiscovered, JobDiscovered
+from cryobus.shared.events.models import ExposureDiscovered, JobDiscovered, JobSoftware
 
 Discovery = ExposureDiscovered | JobDiscovered
 
@@ -301,18 +301,7 @@ class _Scan:
         files = self._all_ready(roles)
         if files is None:
             return
-        self.emit(
-            JobDiscovered(
-                dataset=self.result.dataset,
-                software="relion",
-                job_type=job_type,
-                project_dir=str(project),
-                job_dir=str(job_dir),
-                files={role: str(p) for role, (p, _) in files.items()},
-                iteration=iteration,
-                fingerprint=fingerprint(files.values()),
-            )
-        )
+        self.job("relion", job_type, project_dir=project, job_dir=job_dir, files=files, iteration=iteration)
 
     @staticmethod
     def _class2d_iteration(job_dir: Path) -> tuple[str, int] | None:
@@ -330,6 +319,37 @@ class _Scan:
             return None
         iteration, prefix = max(candidates)
         return prefix, iteration
+
+    def job(
+        self,
+        software: JobSoftware,
+        job_type: str,
+        *,
+        project_dir: Path,
+        job_dir: Path,
+        files: dict[str, tuple[Path, os.stat_result] | Path],
+        checked: Iterable[tuple[Path, os.stat_result]] = (),
+        iteration: int | None = None,
+    ) -> None:
+        """Announce one job's complete outputs.
+
+        ``files`` maps a role to a checked ``(path, stat)`` (see :meth:`ready`) or to a folder;
+        the fingerprint covers every checked file: those in ``files`` plus ``checked`` (e.g. the
+        pickles inside a ``pkl_dir``), so a rewritten output announces the job again.
+        """
+        ready = [v for v in files.values() if isinstance(v, tuple)] + list(checked)
+        self.emit(
+            JobDiscovered(
+                dataset=self.result.dataset,
+                software=software,
+                job_type=job_type,
+                project_dir=str(project_dir),
+                job_dir=str(job_dir),
+                files={role: str(v[0] if isinstance(v, tuple) else v) for role, v in files.items()},
+                iteration=iteration,
+                fingerprint=fingerprint(ready),
+            )
+        )
 
     def _all_ready(self, roles: dict[str, Path]) -> dict[str, tuple[Path, os.stat_result]] | None:
         """Every role's file ready, or None (each failing file is recorded)."""
@@ -383,18 +403,7 @@ class _Scan:
             files = self._all_ready(roles)
             if files is None:
                 continue
-            self.emit(
-                JobDiscovered(
-                    dataset=self.result.dataset,
-                    software="cryosparc",
-                    job_type=job_type,
-                    project_dir=str(job_dir.parent),
-                    job_dir=str(job_dir),
-                    files={role: str(p) for role, (p, _) in files.items()},
-                    iteration=iteration,
-                    fingerprint=fingerprint(files.values()),
-                )
-            )
+            self.job("cryosparc", job_type, project_dir=job_dir.parent, job_dir=job_dir, files=files, iteration=iteration)
         ctffind_dir = job_dir / CRYOSPARC_CTFFIND_DIR
         if ctffind_dir.is_dir() and not ctffind_dir.is_symlink():
             try:
@@ -413,17 +422,8 @@ class _Scan:
             ready = self.ready(group_dir / name)
             if ready is None:
                 continue
-            self.emit(
-                JobDiscovered(
-                    dataset=self.result.dataset,
-                    software="cryosparc",
-                    job_type=job_type,
-                    project_dir=str(group_dir.parent.parent.parent),
-                    job_dir=str(group_dir),
-                    files={"cs": str(ready[0])},
-                    fingerprint=fingerprint([ready]),
-                )
-            )
+            self.job("cryosparc", job_type, project_dir=group_dir.parent.parent.parent, job_dir=group_dir,
+                     files={"cs": ready})
 
     # -- CTFFIND ---------------------------------------------------------------------------
     def ctffind_outputs(self, folder: Path, filenames: Iterable[str], *, project_dir: Path, job_dir: Path) -> set[str]:
@@ -437,17 +437,8 @@ class _Scan:
             return set()
         ready = [self.ready(p) for p in results]
         if all(r is not None for r in ready):
-            self.emit(
-                JobDiscovered(
-                    dataset=self.result.dataset,
-                    software="ctffind",
-                    job_type="ctffind_outputs",
-                    project_dir=str(project_dir),
-                    job_dir=str(job_dir),
-                    files={"dir": str(folder)},
-                    fingerprint=fingerprint(r for r in ready if r is not None),
-                )
-            )
+            self.job("ctffind", "ctffind_outputs", project_dir=project_dir, job_dir=job_dir, files={"dir": folder},
+                     checked=[r for r in ready if r is not None])
         return {p.stem for p in results}
 
     # -- NextPYP ---------------------------------------------------------------------------
@@ -457,17 +448,8 @@ class _Scan:
         files = [self.ready(pkl_dir / n) for n in names]
         if not files or any(f is None for f in files):
             return  # wait until every pickle is written
-        self.emit(
-            JobDiscovered(
-                dataset=self.result.dataset,
-                software="nextpyp",
-                job_type="pkl",
-                project_dir=str(folder),
-                job_dir=str(folder),
-                files={"pkl_dir": str(pkl_dir)},
-                fingerprint=fingerprint(f for f in files if f is not None),
-            )
-        )
+        self.job("nextpyp", "pkl", project_dir=folder, job_dir=folder, files={"pkl_dir": pkl_dir},
+                 checked=[f for f in files if f is not None])
 
     # -- tilt series (SerialEM / IMOD) ------------------------------------------------------
     def tilt_series(self, folder: Path, groups: list[TiltSeriesFiles]) -> None:
@@ -516,17 +498,7 @@ class _Scan:
             files["tilt_series"] = min(stacks, key=lambda s: s[0])[1]
         for i, ready in enumerate(tomograms):
             files[f"tomogram_{i}"] = ready
-        self.emit(
-            JobDiscovered(
-                dataset=self.result.dataset,
-                software="serialem",
-                job_type="tilt_series",
-                project_dir=str(config.parent if config else folder),
-                job_dir=str(folder),
-                files={role: str(p) for role, (p, _) in files.items()},
-                fingerprint=fingerprint(files.values()),
-            )
-        )
+        self.job("serialem", "tilt_series", project_dir=config.parent if config else folder, job_dir=folder, files=files)
 
     # -- plain exposures -------------------------------------------------------------------
     def exposure(self, path: Path) -> None:

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cryobus.services.labelling.class_set import ClassSet
-from cryobus.services.labelling.classes_cryosparc import particles_cs_for, read_class_averages
-from cryobus.services.labelling.classes_relion import read_class2d
+from cryobus.shared.class_averages.model import ClassSet
+from cryobus.shared.class_averages.cryosparc import particles_cs_for, read_class_averages
+from cryobus.shared.class_averages.relion import read_class2d
 from cryobus.services.labelling.store import LabelStore, default_url
 from cryobus.shared.bus.reprocess import enable_reprocessing
 from cryobus.shared.bus.service import HandlerContext, Service

@@ -8,7 +8,7 @@ Tables
 
 ``datasets``, ``jobs``, ``classes``
     One ``classes`` row per class average, unique by its stable id (dataset, job, iteration,
-    class number; see :mod:`class_set`), holding the float32 image exactly as read (``image``,
+    class number; see :mod:`cryobus.shared.class_averages.model`), holding the float32 image exactly as read (``image``,
     little-endian, ``ny × nx``), its 8-bit display PNG, the statistics and the mass features.
     A job imported again (redelivery, rescan) adds nothing. When a newer iteration of the same
     job arrives, the older iterations are marked ``superseded``: they leave the labelers'
@@ -70,7 +70,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from cryobus.services.labelling import display
-from cryobus.services.labelling.class_set import ClassSet, class_uid, iteration_tag
+from cryobus.shared.class_averages.model import ClassSet, class_uid, iteration_tag
 from cryobus.services.labelling.features import mass_features
 from cryobus.shared.events import EventData, LabelRecorded, stable_event_id
 

@@ -40,6 +40,7 @@ from cryobus.services.render import class_averages, ctf_overlay, encode, microgr
 from cryobus.services.render import tomography
 from cryobus.services.render.params import DEFAULT, RenderParams
 from cryobus.shared.bus.service import HandlerContext, Service
+from cryobus.shared.class_averages import ClassSet, particles_cs_for, read_class2d, read_class_averages
 from cryobus.shared.errors import InputError
 from cryobus.shared.events import (
     Envelope,
@@ -170,9 +171,18 @@ class Renderer:
         elif kind == ("relion", "Extract"):
             self._picks(job, picks.relion_particles(job.files["star"]), Path(job.files["star"]), relion=True)
         elif kind == ("relion", "Class2D"):
-            self._classes(job, Path(job.files["classes_mrcs"]), first_number=1, labels=_relion_class_labels(job))
+            self._classes(job, read_class2d(
+                dataset=job.dataset, project_dir=job.project_dir, job_dir=job.job_dir,
+                model_star=job.files["model_star"], classes_mrcs=job.files["classes_mrcs"],
+                data_star=job.files.get("data_star"), iteration=job.iteration, max_bytes=self.max_bytes,
+            ))
         elif kind == ("cryosparc", "class_averages") and "mrc" in job.files:
-            self._classes(job, Path(job.files["mrc"]), first_number=0, labels=_cryosparc_class_labels(job))
+            particles = particles_cs_for(job.files["cs"])
+            self._classes(job, read_class_averages(
+                dataset=job.dataset, project_dir=job.project_dir, job_dir=job.job_dir, cs=job.files["cs"],
+                mrc_path=job.files["mrc"], particles_cs=particles if particles.is_file() else None,
+                iteration=job.iteration, max_bytes=self.max_bytes,
+            ))
         elif kind == ("cryosparc", "particles"):
             self._cryosparc_picks(job)
         elif job.software == "serialem" and job.job_type == "tilt_series":
@@ -267,25 +277,28 @@ class Renderer:
                            method=f"{len(mp.x)} picks from {source.name}")
             self._guarded(job, one)
 
-    def _classes(self, job: JobDiscovered, stack_path: Path, *, first_number: int,
-                 labels: dict[int, montage.ClassLabel]) -> None:
+    def _classes(self, job: JobDiscovered, class_set: ClassSet) -> None:
+        """One PNG per class (numbered as the source numbers them) and the labelled montage."""
+        if not class_set.classes:
+            return
         job_name = Path(job.job_dir).name
         iteration = f"it{job.iteration:03d}" if job.iteration is not None else "final"
         folder = f"class_averages/{job_name}/{iteration}"
-        stack, _ = mrc.read_stack(stack_path, max_bytes=self.max_bytes)
+        source = Path(class_set.sources.get("classes_mrcs") or class_set.sources["mrc"])
+        stack = np.stack([c.image for c in class_set.classes])
         images = class_averages.class_images(stack, clip_percentiles=self.params.clip_percentiles)
-        numbers = [i + first_number for i in range(len(images))]
+        numbers = [c.number for c in class_set.classes]
         for number, img in zip(numbers, images):
             name = f"{job_name}/{iteration}/class_{number:03d}"
             key = self.key(job.dataset, f"{folder}/class_{number:03d}.png")
             if self.wanted(key):
-                self.store(dataset=job.dataset, key=key, img=img, kind="class_average", name=name, source=stack_path,
+                self.store(dataset=job.dataset, key=key, img=img, kind="class_average", name=name, source=source,
                            method="per_class_percentile_clip")
         key = self.key(job.dataset, f"{folder}/montage.webp")
         if self.wanted(key):
-            tiles = montage.montage(images, [labels.get(n, montage.ClassLabel(n)) for n in numbers])
-            self.store(dataset=job.dataset, key=key, img=tiles, kind="class_average_montage",
-                       name=f"{job_name}/{iteration}/montage", source=stack_path, method="labelled_montage")
+            labels = [montage.ClassLabel(c.number, c.particle_count, c.resolution_A) for c in class_set.classes]
+            self.store(dataset=job.dataset, key=key, img=montage.montage(images, labels), kind="class_average_montage",
+                       name=f"{job_name}/{iteration}/montage", source=source, method="labelled_montage")
 
     def _tomography(self, job: JobDiscovered) -> None:
         run = Path(job.job_dir).name
@@ -426,42 +439,6 @@ def ctf_from_table_row(row: pd.Series) -> ctf_overlay.CtfParams | None:
         )
     except ValueError:
         return None  # e.g. a zero defocus (failed fit): nothing to draw
-
-
-def _relion_class_labels(job: JobDiscovered) -> dict[int, montage.ClassLabel]:
-    """Per class: hard-assignment particle count (``_data.star`` ``rlnClassNumber``) and ``rlnEstimatedResolution``."""
-    table = class_averages.read_relion_class_table(job.files["model_star"])
-    counts: dict[int, int] = {}
-    if "data_star" in job.files:
-        particles = star.particle_block(star.read_star(job.files["data_star"]), file=job.files["data_star"])
-        if "rlnClassNumber" in particles.columns:
-            counts = particles["rlnClassNumber"].astype(int).value_counts().to_dict()
-    return {
-        int(n): montage.ClassLabel(int(n), int(counts.get(int(n), 0)) if counts else None, float(res))
-        for n, res in zip(table["class_number"], table["estimated_resolution_A"])
-    }
-
-
-def _cryosparc_class_labels(job: JobDiscovered) -> dict[int, montage.ClassLabel]:
-    """Per class (0-based ``blob/idx``): ``blob/res_A``, and particle counts from the sibling
-    ``J<n>_<iii>_particles.cs`` (``alignments2D/class``) when it is there."""
-    cs_path = Path(job.files["cs"])
-    arr = cryosparc.read_cs(cs_path)
-    names = arr.dtype.names or ()
-    numbers = np.asarray(arr["blob/idx"], dtype=int) if "blob/idx" in names else np.arange(len(arr))
-    resolution = np.asarray(arr["blob/res_A"], dtype=float) if "blob/res_A" in names else None
-    counts: dict[int, int] = {}
-    sibling = cs_path.with_name(cs_path.name.replace("class_averages", "particles"))
-    if sibling != cs_path and sibling.is_file():
-        particles = cryosparc.read_cs(sibling)
-        if "alignments2D/class" in (particles.dtype.names or ()):
-            values, n = np.unique(np.asarray(particles["alignments2D/class"], dtype=int), return_counts=True)
-            counts = dict(zip(values.tolist(), n.tolist()))
-    return {
-        int(k): montage.ClassLabel(int(k), counts.get(int(k), 0) if counts else None,
-                                   float(resolution[i]) if resolution is not None else None)
-        for i, k in enumerate(numbers)
-    }
 
 
 def _tilt_angles(job: JobDiscovered) -> list[float] | None:

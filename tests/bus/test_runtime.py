@@ -14,15 +14,15 @@ from collections import Counter
 from pathlib import Path
 
 import nats
-import pytest
 
 from cryobus.shared.bus.runtime import ServiceRuntime
 from cryobus.shared.bus.service import Service
-from cryobus.shared.bus.topology import DLQ_STREAM, EVENTS_STREAM, ConsumerSpec, TopologyError, ensure_consumer, ensure_streams
+from cryobus.shared.bus.topology import DLQ_STREAM, EVENTS_STREAM, ConsumerSpec, ensure_consumer, ensure_streams
 from cryobus.shared.config import Settings
 from cryobus.shared.errors import InputError
 from cryobus.shared.events import Envelope, ExposureDiscovered, RenderCompleted
 from cryobus.summary import read_events
+from tests.runtime_harness import publish, run_service, test_settings, until
 
 attempts: Counter[str] = Counter()
 attempts_lock = threading.Lock()
@@ -62,50 +62,20 @@ def exposure(name: str) -> ExposureDiscovered:
     return ExposureDiscovered(dataset="ds", path=f"/data/{name}.mrc", micrograph_name=name, file_format="mrc", size_bytes=1, mtime_ns=1)
 
 
-async def publish(js, data, event_id=None):
-    env = Envelope.wrap(data, source="/test", id=event_id)
-    return await js.publish(env.nats_subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
-
-
-async def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
 def settings_for(server, tmp_path: Path, **kw) -> Settings:
-    base = dict(nats_url=server.url, store_url=(tmp_path / "store").as_uri(), ack_wait_s=2.0, max_deliver=3,
-                nak_backoff_s=[0.2, 0.2], max_in_flight=2, shutdown_grace_s=5.0)
-    base.update(kw)
-    return Settings(**base)
+    base = dict(ack_wait_s=2.0, max_deliver=3, nak_backoff_s=[0.2, 0.2], max_in_flight=2, shutdown_grace_s=5.0)
+    return test_settings(server, tmp_path, **{**base, **kw})
 
 
 def run_scenario(server, tmp_path, scenario, **kw):
     attempts.clear()
-
-    async def main():
-        rt = ServiceRuntime(toy_service(), settings_for(server, tmp_path, **kw))
-        task = asyncio.create_task(rt.run())
-        nc = await nats.connect(server.url)
-        js = nc.jetstream()
-        await wait_for(lambda: asyncio.sleep(0, rt.ready()[0]))
-        try:
-            return await scenario(js, rt)
-        finally:
-            rt.request_stop()
-            await asyncio.wait_for(task, 15)
-            await nc.close()
-
-    return asyncio.run(main())
+    return run_service(toy_service(), settings_for(server, tmp_path, **kw), scenario, stop_timeout=15)
 
 
 def test_good_event_writes_artifact_announces_it_and_acks(nats_server, tmp_path):
     async def scenario(js, rt):
         await publish(js, exposure("mic_001"))
-        ok = await wait_for(lambda: _consumer_done(js))
+        ok = await until(lambda: _consumer_done(js))
         assert ok
         events = await read_events(js, 0)
         return events
@@ -128,7 +98,7 @@ def test_bad_input_is_dead_lettered_at_once_and_others_flow(nats_server, tmp_pat
     async def scenario(js, rt):
         await publish(js, exposure("bad_truncated"))
         await publish(js, exposure("mic_002"))
-        assert await wait_for(lambda: _consumer_done(js))
+        assert await until(lambda: _consumer_done(js))
         return await read_events(js, 0), (await js.stream_info(DLQ_STREAM)).state.messages
 
     events, dlq = run_scenario(nats_server, tmp_path, scenario)
@@ -144,7 +114,7 @@ def test_bad_input_is_dead_lettered_at_once_and_others_flow(nats_server, tmp_pat
 def test_transient_failure_is_retried_then_succeeds(nats_server, tmp_path):
     async def scenario(js, rt):
         await publish(js, exposure("flaky_1"))
-        assert await wait_for(lambda: _consumer_done(js))
+        assert await until(lambda: _consumer_done(js))
         return await read_events(js, 0)
 
     events = run_scenario(nats_server, tmp_path, scenario)
@@ -156,7 +126,7 @@ def test_transient_failure_is_retried_then_succeeds(nats_server, tmp_path):
 def test_retries_exhausted_go_to_dead_letter_after_max_deliver(nats_server, tmp_path):
     async def scenario(js, rt):
         await publish(js, exposure("broken_1"))
-        assert await wait_for(lambda: _consumer_done(js))
+        assert await until(lambda: _consumer_done(js))
         return await read_events(js, 0)
 
     events = run_scenario(nats_server, tmp_path, scenario)
@@ -169,7 +139,7 @@ def test_retries_exhausted_go_to_dead_letter_after_max_deliver(nats_server, tmp_
 def test_heartbeats_keep_long_work_from_being_redelivered(nats_server, tmp_path):
     async def scenario(js, rt):
         await publish(js, exposure("slow_1"))
-        assert await wait_for(lambda: _consumer_done(js))
+        assert await until(lambda: _consumer_done(js))
         return (await js.consumer_info(EVENTS_STREAM, "toy")).num_redelivered
 
     redelivered = run_scenario(nats_server, tmp_path, scenario)  # 2.5 s of work, ack_wait 2 s
@@ -178,9 +148,9 @@ def test_heartbeats_keep_long_work_from_being_redelivered(nats_server, tmp_path)
 
 def test_republished_fact_is_deduplicated_by_event_id(nats_server, tmp_path):
     async def scenario(js, rt):
-        a = await publish(js, exposure("mic_dup"), event_id="fixed-id-1")
-        b = await publish(js, exposure("mic_dup"), event_id="fixed-id-1")
-        assert await wait_for(lambda: _consumer_done(js))
+        _, a = await publish(js, exposure("mic_dup"), event_id="fixed-id-1")
+        _, b = await publish(js, exposure("mic_dup"), event_id="fixed-id-1")
+        assert await until(lambda: _consumer_done(js))
         return a, b
 
     a, b = run_scenario(nats_server, tmp_path, scenario)
@@ -191,7 +161,7 @@ def test_republished_fact_is_deduplicated_by_event_id(nats_server, tmp_path):
 def test_sigterm_style_stop_finishes_in_flight_work(nats_server, tmp_path):
     async def scenario(js, rt):
         await publish(js, exposure("slow_stop"))
-        assert await wait_for(lambda: asyncio.sleep(0, attempts["slow_stop"] == 1))
+        assert await until(lambda: asyncio.sleep(0, attempts["slow_stop"] == 1))
         rt.request_stop()  # while the handler sleeps
         return js
 
@@ -268,12 +238,12 @@ def test_replicas_share_one_durable_consumer_and_split_the_work(nats_server, tmp
         settings = settings_for(nats_server, tmp_path, max_in_flight=1)
         a, b = ServiceRuntime(replica("a"), settings), ServiceRuntime(replica("b"), settings)
         tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
-        await wait_for(lambda: asyncio.sleep(0, a.ready()[0] and b.ready()[0]))
+        await until(lambda: asyncio.sleep(0, a.ready()[0] and b.ready()[0]))
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
         for i in range(40):
             await publish(js, exposure(f"mic_{i:03d}"))
-        assert await wait_for(lambda: _consumer_done(js), 30)
+        assert await until(lambda: _consumer_done(js), 30)
         consumers = await js.consumers_info(EVENTS_STREAM)
         a.request_stop()
         b.request_stop()

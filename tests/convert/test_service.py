@@ -5,13 +5,10 @@ each stack by ``particles.converted``, equal to CryoLike's own outputs; bad inpu
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
 from pathlib import Path
 
 import mrcfile
-import nats
 import numpy as np
 import pytest
 import torch
@@ -22,11 +19,11 @@ from cryobus.services.convert.params import read_params
 from cryobus.services.convert.service import service
 from cryobus.services.ingest.recognise import scan_tree
 from cryobus.services.ingest.roots import AllowedRoots
-from cryobus.shared.bus.runtime import ServiceRuntime
 from cryobus.shared.bus.topology import COMMANDS_STREAM, EVENTS_STREAM
 from cryobus.shared.config import Settings
-from cryobus.shared.events import ConvertRequested, Envelope, JobDiscovered
+from cryobus.shared.events import ConvertRequested, JobDiscovered
 from cryobus.summary import read_events
+from tests.runtime_harness import publish, run_service, test_settings, until
 from tests.convert.conftest import assert_npz_equal, load, relative_error, tolerance
 
 C1 = "c1_star_single"
@@ -36,16 +33,7 @@ C1 = "c1_star_single"
 
 
 def settings_for(server, tmp_path: Path, **kw) -> Settings:
-    base = dict(nats_url=server.url, store_url=(tmp_path / "store").as_uri(), state_dir=tmp_path / "state",
-                ack_wait_s=10.0, max_deliver=2, nak_backoff_s=[0.2])  # fmt: skip
-    base.update(kw)
-    return Settings(**base)
-
-
-async def publish(js, data) -> tuple[Envelope, object]:
-    env = Envelope.wrap(data, source="/tests")
-    ack = await js.publish(env.nats_subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
-    return env, ack
+    return test_settings(server, tmp_path, **{"ack_wait_s": 10.0, "max_deliver": 2, **kw})
 
 
 async def handled(js, acks) -> bool:
@@ -58,36 +46,17 @@ async def handled(js, acks) -> bool:
     return True
 
 
-async def until(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
-def run_service(server, settings: Settings, messages: list) -> list:
+def convert_messages(settings: Settings, messages: list) -> list:
     """Run the convert service, publish ``messages``, wait until it has handled them; return
     ``(envelope id, the events it caused, in stream order)`` per message."""
 
-    async def main():
-        rt = ServiceRuntime(service, settings)
-        task = asyncio.create_task(rt.run())
-        nc = await nats.connect(server.url)
-        js = nc.jetstream()
-        try:
-            assert await until(lambda: asyncio.sleep(0, rt.ready()[0]), 30)
-            sent, acks = zip(*[await publish(js, m) for m in messages])
-            assert await until(lambda: handled(js, acks))
-            events = await read_events(js, 0)
-            return [(env.id, [e for e in events if e.correlation_id == env.id and e.id != env.id]) for env in sent]
-        finally:
-            rt.request_stop()
-            await asyncio.wait_for(task, 30)
-            await nc.close()
+    async def scenario(js, rt):
+        sent, acks = zip(*[await publish(js, m) for m in messages])
+        assert await until(lambda: handled(js, acks), 60)
+        events = await read_events(js, 0)
+        return [(env.id, [e for e in events if e.correlation_id == env.id and e.id != env.id]) for env in sent]
 
-    return asyncio.run(main())
+    return run_service(service, settings, scenario)
 
 
 def local_file(uri: str) -> Path:
@@ -173,7 +142,7 @@ def test_cli_local_cryosparc_double(tmp_path, reference, cryodrgn, capsys):
 
 def test_request_converts_and_announces_every_stack(nats_server, tmp_path, relion_project, c1_reference):
     settings = settings_for(nats_server, tmp_path)
-    [(_, events)] = run_service(nats_server, settings, [c1_request(relion_project, c1_reference, flag_plots=False)])
+    [(_, events)] = convert_messages(settings, [c1_request(relion_project, c1_reference, flag_plots=False)])
     converted = [e.data for e in of_type(events, "particles.converted.v1")]
     assert [c.stack_index for c in converted] == [0, 1, 2]
     assert [c.n_images for c in converted] == [1024, 1024, 326] and {c.n_stacks for c in converted} == {3}
@@ -208,7 +177,7 @@ def test_particle_jobs_from_ingest_are_converted(nats_server, tmp_path, relion_p
     # only when no params file is set, so it runs in a second service instance below.
     settings = settings_for(nats_server, tmp_path, convert_params=reference / "a_cs_single/params_empiar_single.npz")
     cs_jobs = [j for j in jobs if j.software == "cryosparc"]
-    results = run_service(nats_server, settings, cs_jobs)
+    results = convert_messages(settings, cs_jobs)
     by_job = {Path(j.job_dir).name: events for j, (_, events) in zip(cs_jobs, results)}
     assert by_job["J2"] == []  # picks only: nothing to convert, nothing failed
     [cs] = [e.data for e in of_type(by_job["J3"], "particles.converted.v1")]
@@ -220,7 +189,7 @@ def test_particle_jobs_from_ingest_are_converted(nats_server, tmp_path, relion_p
         assert np.array_equal(ours[key], theirs[key]), key  # CTF matched on uid from the passthrough file
 
     relion_job = next(j for j in jobs if j.software == "relion")
-    [(_, events)] = run_service(nats_server, settings_for(nats_server, tmp_path / "second"), [relion_job])
+    [(_, events)] = convert_messages(settings_for(nats_server, tmp_path / "second"), [relion_job])
     converted = [e.data for e in of_type(events, "particles.converted.v1")]
     assert [c.n_images for c in converted] == [1024, 1024, 326]
     assert converted[0].prefix == "sppractice/cryolike/Extract/job009"
@@ -289,7 +258,7 @@ def test_bad_input_fails_before_anything_is_announced(nats_server, tmp_path, cry
                          params_file=str(reference / "c1_star_single/params_sppractice_single.npz")),  # fmt: skip
         ConvertRequested(dataset="d", mode="star", star_file="/etc/passwd", params_file=params),
     ]
-    results = run_service(nats_server, settings, requests)
+    results = convert_messages(settings, requests)
     failures = []
     for _, events in results:
         assert not of_type(events, "particles.converted.v1") and not of_type(events, "artifact.stored.v1")

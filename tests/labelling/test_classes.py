@@ -11,9 +11,9 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryobus.services.labelling.class_set import class_uid
-from cryobus.services.labelling.classes_cryosparc import read_class_averages
-from cryobus.services.labelling.classes_relion import read_class2d
+from cryobus.shared.class_averages.model import class_uid
+from cryobus.shared.class_averages.cryosparc import read_class_averages
+from cryobus.shared.class_averages.relion import read_class2d
 from cryobus.services.labelling.service import read_job
 from cryobus.shared.errors import InputError
 from cryobus.shared.formats import star

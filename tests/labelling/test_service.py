@@ -6,23 +6,19 @@ with ``label.recorded`` (also those given while the bus was away); an export is 
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import httpx2 as httpx
-import nats
 import pytest
 
 from cryobus.services.labelling.service import label_store, service
-from cryobus.shared.bus.runtime import ServiceRuntime
 from cryobus.shared.bus.topology import EVENTS_STREAM
 from cryobus.shared.config import Settings
-from cryobus.shared.events import Envelope
 from cryobus.summary import read_events
+from tests.runtime_harness import publish, run_service, test_settings, until
 
 from .conftest import discover
 
@@ -30,26 +26,7 @@ TOKEN = "service-test-token"
 
 
 def settings_for(server, tmp_path: Path, **kw) -> Settings:
-    base = dict(
-        nats_url=server.url, store_url=(tmp_path / "store").as_uri(), state_dir=tmp_path / "state", ack_wait_s=5.0,
-        max_deliver=3, nak_backoff_s=[0.2], labelling_port=0, labelling_access_token=TOKEN,
-    )  # fmt: skip
-    base.update(kw)
-    return Settings(**base)
-
-
-async def publish(js, data) -> None:
-    env = Envelope.wrap(data, source="/tests")
-    await js.publish(env.nats_subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
-
-
-async def until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return False
+    return test_settings(server, tmp_path, **{"labelling_port": 0, "labelling_access_token": TOKEN, **kw})
 
 
 async def consumer_idle(js) -> bool:
@@ -58,20 +35,7 @@ async def consumer_idle(js) -> bool:
 
 
 def run(server, settings: Settings, scenario):
-    async def main():
-        rt = ServiceRuntime(service, settings)
-        task = asyncio.create_task(rt.run())
-        nc = await nats.connect(server.url)
-        js = nc.jetstream()
-        try:
-            assert await until(lambda: asyncio.sleep(0, rt.ready()[0]))
-            return await scenario(js, rt)
-        finally:
-            rt.request_stop()
-            await asyncio.wait_for(task, 30)
-            await nc.close()
-
-    return asyncio.run(main())
+    return run_service(service, settings, scenario)
 
 
 class Browser:

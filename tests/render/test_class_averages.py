@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryobus.services.render.class_averages import class_images, read_relion_class_table
-from cryobus.shared.errors import InputError
+from cryobus.services.render.class_averages import class_images
+from cryobus.shared.class_averages import read_class2d
 from cryobus.shared.formats.mrc import read_stack
 
 
@@ -24,17 +24,17 @@ def test_fifty_class_images_match_the_table(class2d: Path):
     assert len(images) == 50
     assert all(img.dtype == np.uint8 and img.shape == (header.ny, header.nx) for img in images)
 
-    table = read_relion_class_table(class2d / "run_it025_model.star")
-    assert len(table) == 50
-    assert table["class_number"].tolist() == list(range(1, 51))
-    assert abs(table["class_distribution"].sum() - 1.0) < 1e-4
-    assert (table["estimated_resolution_A"] > 0).all()
+    classes = read_class2d(dataset="d", project_dir=class2d.parent.parent, job_dir=class2d,
+                           model_star=class2d / "run_it025_model.star",
+                           classes_mrcs=class2d / "run_it025_classes.mrcs").classes
+    assert [c.number for c in classes] == list(range(1, 51))
+    assert abs(sum(c.soft_distribution for c in classes) - 1.0) < 1e-4
 
     # Class k is section k-1: the classes RELION reports empty are the all-zero sections,
     # and those (only those) render as flat grey.
-    empty = table.loc[table["class_distribution"] == 0, "class_number"].tolist()
+    empty = [c.number for c in classes if c.soft_distribution == 0]
     assert empty, "this run has empty classes"
-    for number, img in zip(table["class_number"], images):
+    for number, img in zip([c.number for c in classes], images):
         if number in empty:
             assert not stack[number - 1].any() and np.all(img == 128)
         else:
@@ -58,24 +58,3 @@ def test_each_class_gets_its_own_contrast_and_keeps_its_place():
     assert np.all(images[2] == 128) and np.all(images[3] == 128)
     # the order is the stack's: class 1's picture is section 0's, flipped to display orientation
     np.testing.assert_array_equal(images[0], class_images(stack[:1], flip_y=False)[0][::-1])
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-def test_class_table_errors_name_file_and_field(tmp_path: Path):
-    no_block = _write(tmp_path / "general.star", "data_model_general\n\n_rlnNrClasses 2\n")
-    with pytest.raises(InputError) as err:
-        read_relion_class_table(no_block)
-    assert err.value.field == "data_model_classes" and str(no_block) in str(err.value)
-
-    no_resolution = _write(
-        tmp_path / "classes.star",
-        "data_model_classes\n\nloop_\n_rlnReferenceImage #1\n_rlnClassDistribution #2\n"
-        "000001@run_classes.mrcs 0.6\n000002@run_classes.mrcs 0.4\n",
-    )
-    with pytest.raises(InputError) as err:
-        read_relion_class_table(no_resolution)
-    assert err.value.field == "rlnEstimatedResolution"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryobus.services.labelling.class_set import HARD_ASSIGNMENTS, ClassAverage, ClassSet, finite_or_none, job_name
+from cryobus.shared.class_averages.model import HARD_ASSIGNMENTS, ClassAverage, ClassSet, finite_or_none, job_name
 from cryobus.shared.errors import InputError
 from cryobus.shared.formats import mrc
 

@@ -1,4 +1,4 @@
-"""What a 2D classification job gives the labelling service: one record per class average.
+"""One 2D classification job's class averages: one record per class, with a stable id.
 
 Stable class id (docs/labelling.md): ``(dataset, job, iteration, class number)`` where
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryobus.services.labelling.class_set import (
+from cryobus.shared.class_averages.model import (
     HARD_ASSIGNMENTS,
     RELION_SOFT,
     ClassAverage,
