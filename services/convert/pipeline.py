@@ -2,16 +2,19 @@
 
 :func:`convert` = :func:`prepare` (read and check everything: metadata, CTF fields, stack
 paths, MRC headers, image indices, pixel sizes, the params file, existing outputs — raising
-:class:`~cryobus.shared.errors.InputError` *before anything is written*) + a three-stage
-stream over the planned stacks:
+:class:`~cryobus.shared.errors.InputError` *before anything is written*) + a stream over the
+planned stacks:
 
-    read stack i+1 (thread)  |  transform stack i (caller's thread)  |  write stack i-1 (thread)
+    read stack i+1 (thread)  |  transform stack i (worker pool)  |  write stack i as it fills (thread)
 
-so at most three stacks are in memory at once, whatever the dataset size. Per stack (reference
+so a few stacks at most are in memory at once, whatever the dataset size. Per stack (reference
 §4.1): gather images from the MRC files → optional pooling → per-image mean/max scaling (what
 ``phys/`` stores) → batched polar NUFFT → quadrature normalisation (what ``fft/`` stores).
-On a CUDA device the images go to the device once, after reading, and the results come back
-once, for writing.
+On the CPU the transform runs chunk by chunk on one single-threaded worker per core
+(:mod:`~.cpu_pool`) and the writer streams the Fourier file while later chunks are computed
+(:mod:`~.pt_stream`), so reading, transforming and writing overlap within a stack too. On a
+CUDA device the images go to the device once, after reading, the stack is transformed whole
+and the results come back once, for writing.
 
 Departures from CryoLike, each in docs/convert.md: image order is the metadata row order
 (``cryolike_compatible=True`` restores CryoLike's order, grouped by sorted stack path); the
@@ -34,6 +37,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cryobus.services.convert.batching import StackPlan, plan_stacks
+from cryobus.services.convert.cpu_pool import ChunkProgress, CpuFourierPool
 from cryobus.services.convert.inputs import ParticleSource, load_sources
 from cryobus.services.convert.inputs.specs import CsJobDir, IndexedCs, IndexedStar, StarMrcPairs
 from cryobus.services.convert.normalise import center_and_scale, downsample
@@ -345,8 +349,19 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+@dataclass
+class _Job:
+    """One stack between the transform and the writer: the writer streams ``fourier`` as it fills."""
+
+    phys: torch.Tensor
+    fourier: torch.Tensor
+    progress: ChunkProgress
+    started: float
+    finished: float | None = None  # set by the caller's thread once every chunk is done
+
+
 class _Runner:
-    """The three stream stages over one :class:`Prepared` plan."""
+    """The stream stages over one :class:`Prepared` plan."""
 
     def __init__(self, prepared: Prepared, store: ArtifactStore, device: torch.device, put: Put | None = None):
         self.p = prepared
@@ -356,6 +371,7 @@ class _Runner:
         self.device = device
         self.readers = [StackReader(s.mrc_files, s.headers) for s in prepared.sources]
         self.transforms: dict[tuple[int, int], PolarTransform] = {}
+        self.pools: dict[str, CpuFourierPool] = {}
         self.gpu_peak = 0
 
     def read(self, plan: StackPlan) -> tuple[torch.Tensor, float]:
@@ -371,30 +387,36 @@ class _Runner:
         reader.read_into(source.file_index[plan.start : plan.stop], source.section[plan.start : plan.stop], host.numpy())
         return host, time.perf_counter() - t0
 
-    def transform(self, plan: StackPlan, host: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None, float]:
+    def start(self, plan: StackPlan, host: torch.Tensor) -> _Job:
+        """Prepare the physical images and start the transform: on the CPU it runs on the worker
+        pool while this returns; on a GPU the stack is transformed here, whole, and copied back."""
         t0 = time.perf_counter()
+        precision = self.p.descriptors[plan.source].precision
         images = host.to(self.device, non_blocking=True)
         images = downsample(images, self.o.downsample_factor, self.o.downsample_type)
         phys = center_and_scale(images)
+        if self.device.type == "cpu":
+            pool = self.pools.get(precision)
+            if pool is None:
+                pool = self.pools[precision] = CpuFourierPool(
+                    self.p.grid, precision=precision, compute=self.o.nufft_compute, workers=self.o.nufft_threads
+                )
+            fourier, progress = pool.start(phys)
+            return _Job(phys, fourier, progress, t0)
         shape = (int(phys.shape[1]), int(phys.shape[2]))
         transform = self.transforms.get(shape)
         if transform is None:
-            precision = self.p.descriptors[plan.source].precision
             transform = self.transforms[shape] = PolarTransform(
-                self.p.grid, shape, precision=precision, device=self.device,
-                compute=self.o.nufft_compute, nthreads=self.o.nufft_threads,
+                self.p.grid, shape, precision=precision, device=self.device, compute=self.o.nufft_compute,
             )
         fourier = normalize_fourier(transform(phys), self.p.grid, inplace=True)
-        power = None
-        if self.o.flag_plots:
-            power = (fourier.real.double().square() + fourier.imag.double().square()).mean(dim=(0, 2)).cpu().numpy()
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            self.gpu_peak = max(self.gpu_peak, total - free)
-        return phys.cpu(), fourier.cpu(), power, time.perf_counter() - t0
+        free, total = torch.cuda.mem_get_info(self.device)
+        self.gpu_peak = max(self.gpu_peak, total - free)
+        progress = ChunkProgress([(0, plan.n_images)])
+        progress.complete(0)
+        return _Job(phys.cpu(), fourier.cpu(), progress, t0)
 
-    def write(self, plan: StackPlan, phys: torch.Tensor, fourier: torch.Tensor, power: np.ndarray | None,
-              timings: dict[str, float]) -> StackWritten:
+    def write(self, plan: StackPlan, job: _Job, read_s: float) -> StackWritten:
         t0 = time.perf_counter()
         source = self.p.sources[plan.source]
         desc = self.p.descriptors[plan.source]
@@ -405,60 +427,81 @@ class _Runner:
             npz["stack_start"], npz["stack_end"] = np.int64(plan.start), np.int64(plan.stop)
         plots = None
         if self.o.flag_plots:
-            box = max(desc.box_size_A)
-            shown = slice(0, MAX_PLOTTED)
-            plots = stack_plots(phys[shown].float().numpy(), fourier[shown].numpy(), power, self.p.grid, box)
+            def plots() -> dict[str, bytes]:
+                f = job.fourier
+                power = (f.real.double().square() + f.imag.double().square()).mean(dim=(0, 2)).numpy()
+                shown = slice(0, MAX_PLOTTED)
+                return stack_plots(job.phys[shown].float().numpy(), f[shown].numpy(), power, self.p.grid, max(desc.box_size_A))
         artifacts = write_stack(
-            self.store, self.p.keys[plan.index], phys=phys, fourier=fourier, npz=npz, plots=plots, put=self.put
-        )
+            self.store, self.p.keys[plan.index], phys=job.phys, fourier=job.fourier, npz=npz,
+            fourier_ready=job.progress.ready(), plots=plots, put=self.put,
+        )  # fmt: skip
         files = np.unique(source.file_index[plan.start : plan.stop])
-        timings = timings | {"write_s": time.perf_counter() - t0}
+        # The Fourier stack is complete once written; the caller's thread stamps the time soon after.
+        job.progress.wait()
+        finished = job.finished or time.perf_counter()
+        timings = {"read_s": read_s, "transform_s": finished - job.started, "write_s": time.perf_counter() - t0}
         return StackWritten(
             index=plan.index,
             n_images=plan.n_images,
             metadata_file=str(source.metadata_file),
             mrc_files=tuple(str(source.mrc_files[i]) for i in files),
             artifacts=artifacts,
-            image_shape=(int(phys.shape[1]), int(phys.shape[2])),
-            phys_dtype=str(phys.dtype).removeprefix("torch."),
-            fourier_dtype=str(fourier.dtype).removeprefix("torch."),
+            image_shape=(int(job.phys.shape[1]), int(job.phys.shape[2])),
+            phys_dtype=str(job.phys.dtype).removeprefix("torch."),
+            fourier_dtype=str(job.fourier.dtype).removeprefix("torch."),
             device=str(self.device),
             timings=timings,
             gpu_memory_bytes=self.gpu_peak if self.device.type == "cuda" else None,
         )
 
     def run(self, on_stack: Callable[[StackWritten], None] | None) -> list[StackWritten]:
+        """read stack i+1 | transform stack i | write stack i as it is transformed (and the tail of i−1).
+
+        At most one stack is read ahead and two are being written, so memory stays bounded by a
+        few stacks whatever the dataset size.
+        """
         stacks = self.p.stacks
         done: list[StackWritten] = []
         if not stacks:
             return done
+        pending: list[Future] = []
+
+        def collect() -> None:
+            done.append(pending.pop(0).result())
+            if on_stack:
+                on_stack(done[-1])
+
+        job: _Job | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="convert-read") as reads, ThreadPoolExecutor(
             1, thread_name_prefix="convert-write"
         ) as writes:
             next_read: Future = reads.submit(self.read, stacks[0])
-            pending: Future | None = None
             try:
                 for i, plan in enumerate(stacks):
                     host, read_s = next_read.result()
                     if i + 1 < len(stacks):
                         next_read = reads.submit(self.read, stacks[i + 1])
-                    phys, fourier, power, compute_s = self.transform(plan, host)
+                    while len(pending) >= 2:
+                        collect()
+                    job = self.start(plan, host)
                     del host
-                    if pending is not None:
-                        done.append(pending.result())
-                        if on_stack:
-                            on_stack(done[-1])
-                    pending = writes.submit(self.write, plan, phys, fourier, power, {"read_s": read_s, "transform_s": compute_s})
-                if pending is not None:
-                    done.append(pending.result())
-                    if on_stack:
-                        on_stack(done[-1])
-            except BaseException:
+                    pending.append(writes.submit(self.write, plan, job, read_s))
+                    job.progress.wait()
+                    job.finished = time.perf_counter()
+                    job = None
+                while pending:
+                    collect()
+            except BaseException as exc:
                 next_read.cancel()
+                if job is not None:
+                    job.progress.fail(exc)  # the writer abandons the stack's staged file
                 raise
             finally:
                 for reader in self.readers:
                     reader.close()
+                for pool in self.pools.values():
+                    pool.close()
         return done
 
 

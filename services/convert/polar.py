@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from typing import Any, Literal
 
 import numpy as np
@@ -51,6 +52,8 @@ EPS = {"single": 1e-6, "double": 1e-12}
 OUTPUT_DTYPE = {"single": torch.complex64, "double": torch.complex128}
 # Bytes of complex NUFFT input per chunk: bounds the host/device working set of one execute.
 _CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}
+# FFTW's planner is not thread-safe; CPU plans are made one at a time (worker threads make their own).
+_PLAN_LOCK = threading.Lock()
 
 
 class PolarTransform:
@@ -145,8 +148,9 @@ class PolarTransform:
             import finufft
 
             opts = {"nthreads": self.nthreads} if self.nthreads else {}
-            plan = finufft.Plan(2, self.shape, n_trans=n_trans, eps=self.eps, isign=-1, dtype=dtype, **opts)
-            plan.setpts(self._kx, self._ky)
+            with _PLAN_LOCK:
+                plan = finufft.Plan(2, self.shape, n_trans=n_trans, eps=self.eps, isign=-1, dtype=dtype, **opts)
+                plan.setpts(self._kx, self._ky)
         self._plans[n_trans] = plan
         return plan
 
@@ -216,6 +220,52 @@ class PolarTransform:
         if bool(blank.any()):
             out[blank] = 0
 
+    def normalised_into(self, images: torch.Tensor, out: torch.Tensor) -> None:
+        """Normalised transforms of a chunk of CPU images, written into ``out``: the fused CPU path.
+
+        The same values as ``normalize_fourier(self(images), grid)`` (to rounding), in fewer passes
+        over memory: pairs are packed straight into the NUFFT input, and each separated half-circle
+        is divided by its image's quadrature norm while it is written to ``out``
+        (:func:`unpack_normalised`); the prefactor cancels in the normalisation and is skipped.
+        One call is meant to run on one core (a worker thread with a single-threaded plan).
+
+        Args:
+            images: real CPU tensor (n, N0, N1), any float dtype.
+            out: CPU complex tensor (n, n_shells, n_inplanes), contiguous, the output dtype.
+
+        Raises:
+            ValueError: wrong shape, dtype or device.
+        """
+        if self.is_cuda or images.device.type != "cpu":
+            raise ValueError("normalised_into is the CPU path; on a GPU use __call__ and normalize_fourier")
+        n = images.shape[0]
+        if images.ndim != 3 or tuple(images.shape[1:]) != self.shape or images.is_complex():
+            raise ValueError(f"expected real images of shape (n, {self.shape[0]}, {self.shape[1]}), got {tuple(images.shape)}")
+        if tuple(out.shape) != (n, self.grid.n_shells, self.grid.n_inplanes) or out.dtype != self.out_dtype:
+            raise ValueError(f"out must be {self.out_dtype} of shape ({n}, {self.grid.n_shells}, {self.grid.n_inplanes})")
+        shells, angles = self.grid.n_shells, self.grid.n_inplanes
+        src = images.numpy()
+        cdtype = np.complex128 if self.compute_dtype == torch.complex128 else np.complex64
+        weights = self.grid.shell_weights
+        blank = ~src.reshape(n, -1).any(axis=1)
+        if not self.packs_pairs:
+            fz = np.empty((n, self.n_points), dtype=cdtype)
+            self._nufft2(torch.from_numpy(src.astype(cdtype)), torch.from_numpy(fz))
+            fz = fz.reshape(n, shells, angles)
+            norms = np.sqrt(_shell_power(fz) @ weights)
+            _divide_into(fz, norms, blank, out.numpy())
+            return
+        pairs = (n + 1) // 2
+        packed = np.empty((pairs, *self.shape), dtype=cdtype)
+        packed.real = src[0::2]
+        packed.imag[: n // 2] = src[1::2]
+        if n % 2:
+            packed.imag[-1] = 0
+        fz = np.empty((pairs, self.n_points), dtype=cdtype)
+        self._nufft2(torch.from_numpy(packed), torch.from_numpy(fz))
+        del packed
+        unpack_normalised(fz.reshape(pairs, shells, angles), out.numpy(), weights, blank)
+
     def _nufft2(self, data: torch.Tensor, out: torch.Tensor) -> None:
         """One execute of the plan for ``len(data)`` complex images, written into ``out`` (n, M)."""
         plan = self._plan(data.shape[0])
@@ -254,6 +304,45 @@ def unpack_pairs(fz: torch.Tensor, out: torch.Tensor, scale: float, *, use_numpy
     second = (a[:odd] - b_conj[:odd]).mul_(complex(0.0, -scale))
     out[0::2, :, :h], out[0::2, :, h:] = first, first.conj()
     out[1::2, :, :h], out[1::2, :, h:] = second, second.conj()
+
+
+def _shell_power(f: np.ndarray) -> np.ndarray:
+    """float64 (B, n_shells): Σ_j |f[b, s, j]|² of a complex (B, n_shells, m) array."""
+    v = f.view(f.real.dtype).reshape(f.shape[0], f.shape[1], 2 * f.shape[2])
+    return np.einsum("bsk,bsk->bs", v, v, dtype=np.float64)
+
+
+def _divide_into(f: np.ndarray, norms: np.ndarray, blank: np.ndarray, out: np.ndarray, factor: complex = 1.0) -> None:
+    """``out = factor · f / norm`` per image, cast to ``out``'s dtype; blank images (and zero norms) → 0."""
+    keep = ~blank & (norms > 0)
+    inv = np.where(keep, factor / np.where(keep, norms, 1.0), 0.0)
+    np.multiply(f, inv[:, None, None], out=out, casting="same_kind")
+
+
+def unpack_normalised(fz: np.ndarray, out: np.ndarray, weights: np.ndarray, blank: np.ndarray) -> None:
+    """Separate packed pairs (see :meth:`PolarTransform._transform_chunk`) and normalise them, in one pass.
+
+    Each image's full-circle quadrature norm is twice that of its first half-circle (the second
+    half is the complex conjugate), so the norm is taken on the half-circle values and applied as
+    they are written: out[2k] = F₁/‖F₁‖ and out[2k+1] = F₂/‖F₂‖ on angles < n_inplanes/2, their
+    conjugates on the rest. The ½ and the NUFFT prefactor cancel in the division.
+
+    Args:
+        fz: complex (P, n_shells, n_inplanes) transforms of Z = I₁ + i·I₂, n_inplanes even.
+        out: complex (n, n_shells, n_inplanes), n = 2P or 2P − 1, any complex dtype.
+        weights: float64 (n_shells,) quadrature weights ``W_s``.
+        blank: bool (n,): all-zero images, whose output is set to 0 (a partner's rounding error
+            would otherwise be normalised into noise).
+    """
+    h, n = fz.shape[2] // 2, out.shape[0]
+    a, b_conj = fz[..., :h], np.conj(fz[..., h:])
+    for parity, combine, factor in ((0, np.add, 1.0), (1, np.subtract, -1j)):
+        count = (n - parity + 1) // 2
+        f = combine(a[:count], b_conj[:count])  # F₁ ∝ a + conj b;  F₂ ∝ (a − conj b) / i
+        norms = np.sqrt(2.0 * (_shell_power(f) @ weights))
+        dst = out[parity::2]
+        _divide_into(f, norms, blank[parity::2], dst[:, :, :h], factor)
+        np.conjugate(dst[:, :, :h], out=dst[:, :, h:])
 
 
 def normalize_fourier(fourier: torch.Tensor, grid: PolarGrid, *, inplace: bool = False) -> torch.Tensor:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cryobus.shared.events import ArtifactStored, Envelope, EventData, InputMissing, stable_event_id
 
 if TYPE_CHECKING:
+    from collections.abc import Buffer
+
     from cryobus.shared.bus.runtime import ServiceRuntime
     from cryobus.shared.config import Settings
     from cryobus.shared.store import ArtifactStore, StoredObject
@@ -130,13 +132,25 @@ class HandlerContext:
         self.log.warning("bad item: %s (file=%s field=%s)", reason, file, field)
 
     def put_artifact(
-        self, key: str, data: bytes, *, media_type: str, role: str, dataset: str, inputs: list[str]
+        self,
+        key: str,
+        data: bytes | bytearray | memoryview | Iterable[Buffer],
+        *,
+        media_type: str,
+        role: str,
+        dataset: str,
+        inputs: list[str],
     ) -> StoredObject:
         """Write ``data`` at ``key`` (atomic) and queue its ``artifact.stored`` event.
 
-        The event id depends only on (store, key, sha256): rewriting the same bytes is announced once.
+        ``data`` is the bytes, or an iterable of byte buffers written as they come
+        (:meth:`~cryobus.shared.store.ArtifactStore.put_stream`). The event id depends only on
+        (store, key, sha256): rewriting the same bytes is announced once.
         """
-        stored = self.store.put(key, data, media_type=media_type)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            stored = self.store.put(key, data, media_type=media_type)
+        else:
+            stored = self.store.put_stream(key, data, media_type=media_type)
         self._runtime.metrics.bytes_written.labels(service=self.service).inc(stored.size_bytes)
         self._runtime.metrics.artifacts_written.labels(service=self.service, role=role).inc()
         event = ArtifactStored(

@@ -248,3 +248,58 @@ def test_safe_key_joins_parts_and_sanitises_characters() -> None:
 def test_safe_key_rejects_what_cannot_be_made_safe(parts: tuple[str, ...]) -> None:
     with pytest.raises(InputError):
         safe_key(*parts)
+
+
+def test_a_streamed_put_writes_chunks_as_they_come_and_renames_at_the_end(tmp_path: Path) -> None:
+    """put_stream: the staging file grows while the producer is still working; the key appears whole."""
+    store = open_store(str(tmp_path))
+    parts = [os.urandom(1 << 20) for _ in range(4)]
+    final = tmp_path / "ds" / "fft" / "stack.pt"
+    seen_while_producing: list[tuple[list[str], int]] = []
+
+    def produce():
+        for i, part in enumerate(parts):
+            if i == 3:  # three chunks handed over: they are on disk, under the staging name only
+                staging = [p for p in os.listdir(final.parent) if "#" in p]
+                size = sum((final.parent / p).stat().st_size for p in staging)
+                seen_while_producing.append((staging, size))
+                assert not final.exists()
+            yield memoryview(part)
+
+    stored = store.put_stream("ds/fft/stack.pt", produce(), media_type="application/octet-stream")
+
+    data = b"".join(parts)
+    [(staging, size)] = seen_while_producing
+    assert len(staging) == 1 and staging[0].startswith("stack.pt#") and size == 3 << 20
+    assert stored == StoredObject(
+        key="ds/fft/stack.pt", uri=final.as_uri(), size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
+    assert final.read_bytes() == data
+    assert store.head("ds/fft/stack.pt") == stored
+    assert os.listdir(final.parent) == ["stack.pt"]
+
+
+def test_a_streamed_put_whose_producer_fails_leaves_the_old_object_and_no_staging_file(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    old = store.put("ds/fft/stack.pt", b"old bytes", media_type="application/octet-stream")
+
+    def produce():
+        yield b"new bytes, part one"
+        raise RuntimeError("transform failed half way")
+
+    with pytest.raises(RuntimeError, match="half way"):
+        store.put_stream("ds/fft/stack.pt", produce(), media_type="application/octet-stream")
+
+    assert store.get("ds/fft/stack.pt") == b"old bytes"
+    assert store.head("ds/fft/stack.pt") == old
+    assert os.listdir(tmp_path / "ds" / "fft") == ["stack.pt"]
+
+
+def test_a_streamed_put_where_a_file_blocks_the_folder_is_a_transient_error(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    (tmp_path / "ds").write_bytes(b"a file, not a folder")
+
+    with pytest.raises(TransientError, match="put of key 'ds/fft/stack.pt'"):
+        store.put_stream("ds/fft/stack.pt", iter([b"x" * 10]), media_type="application/octet-stream")
+
+    assert (tmp_path / "ds").read_bytes() == b"a file, not a folder"

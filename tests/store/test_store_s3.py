@@ -152,3 +152,16 @@ def test_a_plain_http_endpoint_without_aws_allow_http_is_refused_at_open(
     monkeypatch.delenv("AWS_ALLOW_HTTP")
     with pytest.raises(InputError, match="AWS_ALLOW_HTTP"):
         open_store(f"s3://{s3_env.bucket}/no-http")
+
+
+def test_a_streamed_put_is_one_put_of_the_joined_chunks(s3_env: S3Server, s3_prefix: str, s3_client) -> None:
+    store = open_store(f"s3://{s3_env.bucket}/{s3_prefix}")
+    parts = [os.urandom(3 << 20), memoryview(os.urandom(4 << 20)), bytearray(b"tail")]
+    data = b"".join(bytes(p) for p in parts)
+
+    stored = store.put_stream("ds/fft/stack.pt", iter(parts), media_type="application/octet-stream")
+
+    etag = s3_client.head_object(Bucket=s3_env.bucket, Key=f"{s3_prefix}/ds/fft/stack.pt")["ETag"]
+    assert etag.strip('"') == hashlib.md5(data).hexdigest()  # not a multipart upload
+    assert stored.size_bytes == len(data) and stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.get("ds/fft/stack.pt") == data
