@@ -385,17 +385,26 @@ class _Runner:
             pin_memory=self.device.type == "cuda",
         )
         reader.read_into(source.file_index[plan.start : plan.stop], source.section[plan.start : plan.stop], host.numpy())
+        if self.device.type == "cpu":  # prepared here too, overlapping the previous stack's transform
+            host = self.physical(host)
         return host, time.perf_counter() - t0
 
+    def physical(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooling, then per-image centring and scaling, of a whole stack on its device.
+
+        Whole stacks, not chunks: torch's reduction order depends on the batch shape, and
+        CryoLike's physical images are matched bit for bit.
+        """
+        return center_and_scale(downsample(images, self.o.downsample_factor, self.o.downsample_type))
+
     def start(self, plan: StackPlan, host: torch.Tensor) -> _Job:
-        """Prepare the physical images and start the transform: on the CPU it runs on the worker
-        pool while this returns; on a GPU the stack is transformed here, whole, and copied back."""
+        """Start the transform of a stack (``host``: on the CPU, already its physical images): on
+        the CPU it runs on the worker pool while this returns; on a GPU the stack is prepared and
+        transformed here, whole, and copied back."""
         t0 = time.perf_counter()
         precision = self.p.descriptors[plan.source].precision
-        images = host.to(self.device, non_blocking=True)
-        images = downsample(images, self.o.downsample_factor, self.o.downsample_type)
-        phys = center_and_scale(images)
         if self.device.type == "cpu":
+            phys = host
             pool = self.pools.get(precision)
             if pool is None:
                 pool = self.pools[precision] = CpuFourierPool(
@@ -403,6 +412,7 @@ class _Runner:
                 )
             fourier, progress = pool.start(phys)
             return _Job(phys, fourier, progress, t0)
+        phys = self.physical(host.to(self.device, non_blocking=True))
         shape = (int(phys.shape[1]), int(phys.shape[2]))
         transform = self.transforms.get(shape)
         if transform is None:
