@@ -117,6 +117,7 @@ class CpuFourierPool:
         self.precision = precision
         self.compute = compute
         self.workers = workers or default_workers()
+        grid.points  # computed (and cached) once here, not by every worker at its first chunk
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="convert-nufft")
         self._local = threading.local()
 
@@ -145,6 +146,22 @@ class CpuFourierPool:
                 self.grid, shape, precision=self.precision, compute=self.compute, nthreads=1
             )
         return transform
+
+    def warm(self, n_images: list[int], image_shape: tuple[int, int]) -> None:
+        """Have every worker make its plans and scratch memory for stacks of these sizes now (in
+        the background, e.g. while the first stack is read); returns at once."""
+        sizes = sorted({stop - start for n in n_images for start, stop in self.chunk_bounds(n, image_shape)})
+        barrier = threading.Barrier(self.workers)
+
+        def warm_one() -> None:
+            self._transform(image_shape).warm(sizes)
+            try:  # one task per worker: each waits until all have started theirs
+                barrier.wait(timeout=30)
+            except threading.BrokenBarrierError:
+                pass
+
+        for _ in range(self.workers):
+            self._pool.submit(warm_one)
 
     def start(self, phys: torch.Tensor) -> tuple[torch.Tensor, ChunkProgress]:
         """Start transforming a stack; return its output tensor and progress at once.

@@ -397,6 +397,25 @@ class _Runner:
         """
         return center_and_scale(downsample(images, self.o.downsample_factor, self.o.downsample_type))
 
+    def pool(self, precision: Literal["single", "double"]) -> CpuFourierPool:
+        pool = self.pools.get(precision)
+        if pool is None:
+            pool = self.pools[precision] = CpuFourierPool(
+                self.p.grid, precision=precision, compute=self.o.nufft_compute, workers=self.o.nufft_threads
+            )
+        return pool
+
+    def warm(self) -> None:
+        """Start making the CPU workers' plans for every (precision, image shape) of the plan."""
+        kinds: dict[tuple[str, tuple[int, int]], list[int]] = {}
+        f = self.o.downsample_factor
+        for plan in self.p.stacks:
+            n0, n1 = self.p.sources[plan.source].image_shape
+            key = (self.p.descriptors[plan.source].precision, (n0 // f, n1 // f))
+            kinds.setdefault(key, []).append(plan.n_images)
+        for (precision, shape), sizes in kinds.items():
+            self.pool(precision).warm(sorted(set(sizes)), shape)  # type: ignore[arg-type]
+
     def start(self, plan: StackPlan, host: torch.Tensor) -> _Job:
         """Start the transform of a stack (``host``: on the CPU, already its physical images): on
         the CPU it runs on the worker pool while this returns; on a GPU the stack is prepared and
@@ -405,12 +424,7 @@ class _Runner:
         precision = self.p.descriptors[plan.source].precision
         if self.device.type == "cpu":
             phys = host
-            pool = self.pools.get(precision)
-            if pool is None:
-                pool = self.pools[precision] = CpuFourierPool(
-                    self.p.grid, precision=precision, compute=self.o.nufft_compute, workers=self.o.nufft_threads
-                )
-            fourier, progress = pool.start(phys)
+            fourier, progress = self.pool(precision).start(phys)
             return _Job(phys, fourier, progress, t0)
         phys = self.physical(host.to(self.device, non_blocking=True))
         shape = (int(phys.shape[1]), int(phys.shape[2]))
@@ -487,6 +501,8 @@ class _Runner:
             1, thread_name_prefix="convert-write"
         ) as writes:
             next_read: Future = reads.submit(self.read, stacks[0])
+            if self.device.type == "cpu":
+                self.warm()
             try:
                 for i, plan in enumerate(stacks):
                     host, read_s = next_read.result()

@@ -276,6 +276,22 @@ class PolarTransform:
         scratch = (self._buffer("conj", (pairs, shells, h), cdtype), self._buffer("half", (pairs, shells, h), cdtype))
         unpack_normalised(fz.reshape(pairs, shells, angles), out.numpy(), weights, blank, scratch=scratch)
 
+    def warm(self, chunk_sizes: list[int]) -> None:
+        """Make the plans and scratch memory :meth:`normalised_into` will use for chunks of these
+        sizes (n images each), so a conversion's first chunk does not wait for them."""
+        if self.is_cuda or not chunk_sizes:
+            return
+        cdtype = np.complex128 if self.compute_dtype == torch.complex128 else np.complex64
+        for n in sorted(set(chunk_sizes)):
+            self._plan((n + 1) // 2 if self.packs_pairs else n)
+        n = max(chunk_sizes)
+        t = (n + 1) // 2 if self.packs_pairs else n
+        for name, shape in (("data", (t, *self.shape)), ("fz", (t, self.n_points))):
+            self._buffer(name, shape, cdtype).fill(0)  # first touch: the page faults happen here
+        if self.packs_pairs:
+            for name in ("conj", "half"):
+                self._buffer(name, (t, self.grid.n_shells, self.grid.n_inplanes // 2), cdtype).fill(0)
+
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
         """A scratch array kept between calls: fresh multi-MB arrays cost more in page faults than
         the arithmetic done in them. Not thread-safe: one transform per worker thread."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import scipy.linalg  # noqa: F401  roots_jacobi imports it on first use (≈ 30 ms): pay that at import, not per conversion
 from scipy.special import roots_jacobi
 
 from cryobus.services.convert.params import ImageDescriptor
