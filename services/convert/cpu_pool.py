@@ -163,12 +163,13 @@ class CpuFourierPool:
         for _ in range(self.workers):
             self._pool.submit(warm_one)
 
-    def start(self, phys: torch.Tensor) -> tuple[torch.Tensor, ChunkProgress]:
+    def start(self, phys: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, ChunkProgress]:
         """Start transforming a stack; return its output tensor and progress at once.
 
         Args:
             phys: real CPU tensor (B, N0, N1), the centred and scaled images; must stay unchanged
                 until the progress is complete.
+            out: optional contiguous tensor to fill, of the shape and dtype described below.
 
         Returns:
             ``fourier``: complex (B, n_shells, n_inplanes), filled chunk by chunk (complex64 for
@@ -177,7 +178,10 @@ class CpuFourierPool:
         """
         n = phys.shape[0]
         shape = (int(phys.shape[1]), int(phys.shape[2]))
-        fourier = torch.empty((n, self.grid.n_shells, self.grid.n_inplanes), dtype=OUTPUT_DTYPE[self.precision])
+        shape_out = (n, self.grid.n_shells, self.grid.n_inplanes)
+        fourier = out if out is not None else torch.empty(shape_out, dtype=OUTPUT_DTYPE[self.precision])
+        if tuple(fourier.shape) != shape_out or fourier.dtype != OUTPUT_DTYPE[self.precision] or not fourier.is_contiguous():
+            raise ValueError(f"out must be a contiguous {OUTPUT_DTYPE[self.precision]} tensor of shape {shape_out}")
         progress = ChunkProgress(self.chunk_bounds(n, shape))
 
         def run(index: int, start: int, stop: int) -> None:

@@ -59,18 +59,22 @@ def downsample(images: torch.Tensor, factor: int, kind: DownsampleType = "mean")
     return pooled.squeeze(1).to(dtype)
 
 
-def center_and_scale(images: torch.Tensor) -> torch.Tensor:
+def center_and_scale(images: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Per image: subtract its mean, then divide by its maximum absolute value.
 
     Args:
         images: real tensor (B, N0, N1); integer dtypes are converted to float32.
+        out: optional tensor of the result's shape, dtype and device to write into (saves
+            allocating, and page-faulting, a stack-sized array per call).
 
     Returns:
-        New tensor, same shape and device, dtype :func:`storage_dtype`. A constant image
-        (max |I − mean| = 0) becomes all zeros instead of NaN.
+        ``out`` or a new tensor, same shape and device as ``images``, dtype :func:`storage_dtype`.
+        A constant image (max |I − mean| = 0) becomes all zeros instead of NaN.
     """
     x = images.to(storage_dtype(images.dtype))
-    centred = x - x.mean(dim=(1, 2), keepdim=True)
-    scale = centred.abs().amax(dim=(1, 2), keepdim=True)
+    centred = torch.sub(x, x.mean(dim=(1, 2), keepdim=True), out=out) if out is not None else x - x.mean(dim=(1, 2), keepdim=True)
+    # max |c| = max(max c, −min c), exactly: the same scale as CryoLike's abs().amax() without an
+    # image-sized temporary.
+    scale = torch.maximum(centred.amax(dim=(1, 2), keepdim=True), centred.amin(dim=(1, 2), keepdim=True).neg())
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return centred / scale
+    return centred.div_(scale)

@@ -37,13 +37,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cryobus.services.convert.batching import StackPlan, plan_stacks
+from cryobus.services.convert.buffers import TensorRecycler
 from cryobus.services.convert.cpu_pool import ChunkProgress, CpuFourierPool
 from cryobus.services.convert.inputs import ParticleSource, load_sources
 from cryobus.services.convert.inputs.specs import CsJobDir, IndexedCs, IndexedStar, StarMrcPairs
-from cryobus.services.convert.normalise import center_and_scale, downsample
+from cryobus.services.convert.normalise import center_and_scale, downsample, storage_dtype
 from cryobus.services.convert.params import DefaultDescriptor, ImageDescriptor, read_params
 from cryobus.services.convert.plots import stack_plots
-from cryobus.services.convert.polar import PolarTransform, normalize_fourier
+from cryobus.services.convert.polar import OUTPUT_DTYPE, PolarTransform, normalize_fourier
 from cryobus.services.convert.polar_grid import PolarGrid
 from cryobus.services.convert.stack_reader import StackReader
 from cryobus.services.convert.writer import Put, stack_keys, write_stack
@@ -372,6 +373,7 @@ class _Runner:
         self.readers = [StackReader(s.mrc_files, s.headers) for s in prepared.sources]
         self.transforms: dict[tuple[int, int], PolarTransform] = {}
         self.pools: dict[str, CpuFourierPool] = {}
+        self.buffers = TensorRecycler()
         self.gpu_peak = 0
 
     def read(self, plan: StackPlan) -> tuple[torch.Tensor, float]:
@@ -379,23 +381,26 @@ class _Runner:
         source, reader = self.p.sources[plan.source], self.readers[plan.source]
         n0, n1 = source.image_shape
         # Page-locked on a GPU machine, so the host→device copy is a single asynchronous DMA.
-        host = torch.empty(
-            (plan.n_images, n0, n1),
-            dtype=torch.from_numpy(np.empty(0, dtype=reader.dtype)).dtype,
-            pin_memory=self.device.type == "cuda",
-        )
+        dtype = torch.from_numpy(np.empty(0, dtype=reader.dtype)).dtype
+        if self.device.type == "cuda":
+            host = torch.empty((plan.n_images, n0, n1), dtype=dtype, pin_memory=True)
+        else:
+            host = self.buffers.take((plan.n_images, n0, n1), dtype)
         reader.read_into(source.file_index[plan.start : plan.stop], source.section[plan.start : plan.stop], host.numpy())
         if self.device.type == "cpu":  # prepared here too, overlapping the previous stack's transform
-            host = self.physical(host)
+            images = downsample(host, self.o.downsample_factor, self.o.downsample_type)
+            phys = self.buffers.take(tuple(images.shape), storage_dtype(images.dtype))
+            host, raw = self.physical(images, out=phys), host
+            self.buffers.give(raw)
         return host, time.perf_counter() - t0
 
-    def physical(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooling, then per-image centring and scaling, of a whole stack on its device.
+    def physical(self, images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-image centring and scaling of a whole (pooled) stack on its device.
 
         Whole stacks, not chunks: torch's reduction order depends on the batch shape, and
         CryoLike's physical images are matched bit for bit.
         """
-        return center_and_scale(downsample(images, self.o.downsample_factor, self.o.downsample_type))
+        return center_and_scale(images, out=out)
 
     def pool(self, precision: Literal["single", "double"]) -> CpuFourierPool:
         pool = self.pools.get(precision)
@@ -424,9 +429,12 @@ class _Runner:
         precision = self.p.descriptors[plan.source].precision
         if self.device.type == "cpu":
             phys = host
-            fourier, progress = self.pool(precision).start(phys)
+            grid = self.p.grid
+            out = self.buffers.take((plan.n_images, grid.n_shells, grid.n_inplanes), OUTPUT_DTYPE[precision])
+            fourier, progress = self.pool(precision).start(phys, out=out)
             return _Job(phys, fourier, progress, t0)
-        phys = self.physical(host.to(self.device, non_blocking=True))
+        images = host.to(self.device, non_blocking=True)
+        phys = self.physical(downsample(images, self.o.downsample_factor, self.o.downsample_type))
         shape = (int(phys.shape[1]), int(phys.shape[2]))
         transform = self.transforms.get(shape)
         if transform is None:
@@ -465,6 +473,8 @@ class _Runner:
         job.progress.wait()
         finished = job.finished or time.perf_counter()
         timings = {"read_s": read_s, "transform_s": finished - job.started, "write_s": time.perf_counter() - t0}
+        if self.device.type == "cpu":
+            self.buffers.give(job.phys, job.fourier)
         return StackWritten(
             index=plan.index,
             n_images=plan.n_images,

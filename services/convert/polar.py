@@ -54,6 +54,7 @@ EPS = {"single": 1e-6, "double": 1e-12}
 # eps-1e-14 transform (64–320 px; docs/performance.md). cufinufft keeps its default.
 _CPU_UPSAMPFAC = {"single": 1.5, "double": 1.75}
 OUTPUT_DTYPE = {"single": torch.complex64, "double": torch.complex128}
+_TORCH_DTYPE = {np.dtype(np.complex64): torch.complex64, np.dtype(np.complex128): torch.complex128}
 # Bytes of complex NUFFT input per chunk: bounds the host/device working set of one execute.
 _CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}
 # FFTW's planner is not thread-safe; CPU plans are made one at a time (worker threads make their own).
@@ -298,7 +299,8 @@ class PolarTransform:
         size = math.prod(shape)
         buf = self._scratch.get(name)
         if buf is None or buf.size < size or buf.dtype != dtype:
-            buf = self._scratch[name] = np.empty(size, dtype=dtype)
+            # torch.empty: numpy would ask for transparent huge pages (see buffers.py for why not)
+            buf = self._scratch[name] = torch.empty(size, dtype=_TORCH_DTYPE[np.dtype(dtype)]).numpy()
         return buf[:size].reshape(shape)
 
     def _nufft2(self, data: torch.Tensor, out: torch.Tensor) -> None:
