@@ -117,7 +117,7 @@ class CpuFourierPool:
         self.precision = precision
         self.compute = compute
         self.workers = workers or default_workers()
-        grid.points  # computed (and cached) once here, not by every worker at its first chunk
+        _ = grid.points  # computed (and cached) once here, not by every worker at its first chunk
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="convert-nufft")
         self._local = threading.local()
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -374,6 +375,7 @@ class _Runner:
         self.transforms: dict[tuple[int, int], PolarTransform] = {}
         self.pools: dict[str, CpuFourierPool] = {}
         self.buffers = TensorRecycler()
+        self.write_failed = threading.Event()
         self.gpu_peak = 0
 
     def read(self, plan: StackPlan) -> tuple[torch.Tensor, float]:
@@ -449,6 +451,15 @@ class _Runner:
         return _Job(phys.cpu(), fourier.cpu(), progress, t0)
 
     def write(self, plan: StackPlan, job: _Job, read_s: float) -> StackWritten:
+        if self.write_failed.is_set():  # queued behind a stack whose write failed: write nothing
+            raise RuntimeError(f"stack {plan.index} not written: an earlier stack's write failed")
+        try:
+            return self._write(plan, job, read_s)
+        except BaseException:
+            self.write_failed.set()
+            raise
+
+    def _write(self, plan: StackPlan, job: _Job, read_s: float) -> StackWritten:
         t0 = time.perf_counter()
         source = self.p.sources[plan.source]
         desc = self.p.descriptors[plan.source]
@@ -518,8 +529,8 @@ class _Runner:
                     host, read_s = next_read.result()
                     if i + 1 < len(stacks):
                         next_read = reads.submit(self.read, stacks[i + 1])
-                    while len(pending) >= 2:
-                        collect()
+                    while len(pending) >= 2 or (pending and pending[0].done()):
+                        collect()  # raises a failed write's error before more work starts
                     job = self.start(plan, host)
                     del host
                     pending.append(writes.submit(self.write, plan, job, read_s))
