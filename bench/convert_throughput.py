@@ -27,8 +27,10 @@ column), each in a fresh subprocess per run:
   default threads (``OMP_WAIT_POLICY=PASSIVE``, as the service runs), and with one thread.
 
 Prints images/s (median of ``--repeats`` runs), the ratios against CryoLike's best and default,
-and, for cryobus, the share of stage time spent reading, transforming (incl. host↔device copies)
-and writing (the stages overlap, so shares are of their sum). ``--device cuda`` runs cryobus on
+and, for cryobus, the seconds each stage took summed over stacks: reading (and, on the CPU,
+centring), transforming (incl. host↔device copies) and writing. They overlap — on the CPU a
+stack's Fourier file is written while later chunks are transformed — so they do not add up to
+the total. ``--device cuda`` runs cryobus on
 the GPU (needs the ``convert-gpu`` extra) and reports its peak GPU memory.
 
 Usage: ``python bench/convert_throughput.py [--repeats 3] [--n128 2048] [--n256 512]
@@ -321,8 +323,8 @@ def report(case: dict, res: dict) -> None:
         if "nufft_s" in r:
             extra = f"; NUFFT calls {r['nufft_s']:.2f} s ({100 * r['nufft_s'] / r['seconds']:.0f} %)"
         if "stages" in r:
-            total = sum(r["stages"].values()) or 1.0
-            extra = "; stage shares " + ", ".join(f"{k.removesuffix('_s')} {100 * v / total:.0f} %" for k, v in r["stages"].items())
+            # Stage times overlap (a stack is written while it is transformed): seconds, summed over stacks.
+            extra = "; stage seconds (overlapping) " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in r["stages"].items())
             if r.get("gpu_memory_bytes"):
                 extra += f"; GPU memory {r['gpu_memory_bytes'] / 2**20:.0f} MiB"
         print(f"  {label:40s} {r['images']} images, {r['stacks']} stacks in {r['seconds']:.2f} s "
