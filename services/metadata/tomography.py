@@ -15,6 +15,7 @@ the file and the field, which the service turns into ``metadata.failed``. See do
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tempfile
 from pathlib import Path
@@ -57,6 +58,29 @@ def _tomograms(files: dict[str, str]) -> list[str]:
     return [files[r] for r in sorted(roles, key=lambda r: int(r.split("_")[1]))]
 
 
+def claim_run(ctx: HandlerContext, dataset: str, portal_dataset_id: int, run_name: str, folder: Path) -> None:
+    """Make ``folder`` the one source of portal run ``run_name`` in ``dataset``'s portal dataset.
+
+    Run names are file stems, and two folders of one portal dataset can share a stem (``s1/TS_01``
+    and ``s2/TS_01``); both would write the same run folder and the last would win. The first
+    folder to write a run claims it in the metadata KV bucket (create-if-absent, atomic across
+    replicas); the same folder may rewrite its run (a redelivery, or its files changed).
+
+    Raises:
+        InputError: another folder holds the run (``file`` = this folder, ``field="run_name"``).
+    """
+    from cryobus.services.metadata.service import BUCKET  # the service module imports this one
+
+    token = hashlib.sha256(f"{dataset}\0{portal_dataset_id}\0{run_name}".encode()).hexdigest()[:32]
+    owner = ctx.kv_claim(BUCKET, f"portal-run.{token}", str(folder).encode())
+    if owner is not None and owner.decode() != str(folder):
+        raise InputError(
+            f"portal run {run_name!r} of portal dataset {portal_dataset_id} already comes from {owner.decode()}; "
+            f"two tilt series of one portal dataset need different file names (run names are their stems)",
+            file=str(folder), field="run_name",
+        )
+
+
 def write_tilt_series(ctx: HandlerContext, job: JobDiscovered) -> PortalMetadataWritten:
     """Write one tilt series' portal metadata into the store and queue ``cryoet.written``.
 
@@ -72,7 +96,9 @@ def write_tilt_series(ctx: HandlerContext, job: JobDiscovered) -> PortalMetadata
             should be); a config that is not valid YAML, has a wrong value or lacks fields
             (``file`` = the config, ``field`` = the first missing field, the reason lists all of
             them, derivable ones only when the files lack them too); a malformed acquisition file
-            (``file`` = it, ``field`` e.g. ``TiltAngle``); a document the portal models refuse.
+            (``file`` = it, ``field`` e.g. ``TiltAngle``); a document the portal models refuse;
+            a run name another folder of the same portal dataset already writes
+            (``field="run_name"``, see :func:`claim_run`).
     """
     folder, files = Path(job.job_dir), job.files
     config_path = files.get("config")
@@ -92,6 +118,7 @@ def write_tilt_series(ctx: HandlerContext, job: JobDiscovered) -> PortalMetadata
             f"dataset config lacks required field(s), not derivable from {folder.name}'s files either: {', '.join(missing)}",
             file=config_path, field=missing[0],
         )
+    claim_run(ctx, job.dataset, config.dataset.dataset_identifier, derived.run_name, folder)
     inputs = sorted(files.values())
     uris: list[str] = []
     zarr_roots: dict[str, str] = {}

@@ -32,7 +32,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
 from cryobus.shared.bus.connection import connect_with_retry
 from cryobus.shared.bus.service import HandlerContext, Service
@@ -397,6 +397,17 @@ class ServiceRuntime:
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
         return await self._kv[bucket].put(key, value)
+
+    async def kv_claim(self, bucket: str, key: str, value: bytes) -> bytes | None:
+        """Create ``key`` with ``value`` unless it exists (atomic on the server); None if created,
+        else the value already there."""
+        kv = self._kv[bucket]
+        try:
+            await kv.create(key, value)
+            return None
+        except KeyWrongLastSequenceError:
+            entry = await kv.get(key)
+            return entry.value or b""
 
     async def kv_get(self, bucket: str, key: str) -> bytes | None:
         try:

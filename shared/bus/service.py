@@ -197,6 +197,11 @@ class HandlerContext:
     def kv_get(self, bucket: str, key: str) -> bytes | None:
         return self._call(self._runtime.kv_get(bucket, key))
 
+    def kv_claim(self, bucket: str, key: str, value: bytes) -> bytes | None:
+        """Create ``key`` = ``value`` unless it exists (atomic across replicas); None when this call
+        created it, else the value already there (which may be this same ``value``)."""
+        return self._call(self._runtime.kv_claim(bucket, key, value))
+
     def kv_items(self, bucket: str, prefix: str) -> dict[str, tuple[bytes, int]]:
         """All (value, revision) under keys starting with ``prefix``."""
         return self._call(self._runtime.kv_items(bucket, prefix))
