@@ -13,13 +13,14 @@ The result is what ``torch.save(tensor, "<archive>.pt")`` writes with
 ``torch.serialization.set_crc32_options(False)``: the data record's CRC-32 field is 0 (torch
 writes that too under ``skip_data``, and ``torch.load`` does not check it; strict zip tools such
 as ``unzip -t`` report it). The archive name is the file's stem, as when CryoLike saves to a
-path. Without ``skip_data`` (an older torch) :func:`pt_chunks` falls back to one
-``torch.save`` of the finished tensor.
+path. Without ``skip_data`` (an older torch), or if torch's layout ever stops matching what
+this module expects, :func:`pt_chunks` falls back to one ``torch.save`` of the finished tensor.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import tempfile
 import zipfile
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # APPNOTE 4.3.7: zip local file header, 30 bytes
 _LOCAL_SIGNATURE = 0x04034B50
@@ -110,14 +113,19 @@ def pt_chunks(tensor: torch.Tensor, archive: str, ready: Iterable[int]) -> Itera
     if tensor.device.type != "cpu" or not tensor.is_contiguous():
         raise ValueError("pt_chunks needs a contiguous CPU tensor")
     rows = tensor.shape[0]
-    if not streaming_supported():
+    layout = None
+    if streaming_supported():
+        try:
+            layout = pt_layout(tuple(tensor.shape), tensor.dtype, archive)
+        except RuntimeError as exc:  # skip_data is a prototype API: a changed layout must not stop a conversion
+            log.warning("writing %s.pt without streaming: %s", archive, exc)
+    if layout is None:
         for _ in ready:
             pass
         buf = io.BytesIO()
         torch.save(tensor, buf)
         yield buf.getbuffer()
         return
-    layout = pt_layout(tuple(tensor.shape), tensor.dtype, archive)
     data = memoryview(tensor.view(torch.uint8).numpy()).cast("B") if tensor.numel() else memoryview(b"")
     if data.nbytes != layout.data_nbytes:
         raise ValueError("pt_chunks needs a tensor owning exactly its elements")

@@ -130,3 +130,13 @@ def test_a_store_failure_mid_stream_leaves_no_partial_stack(tmp_path: Path, reli
     assert left == ["fft", "phys/particles_phys_stack_000000.pt"]  # stack 0's physical images only
     assert not list(out.rglob("*#*"))
     assert not [t for t in threading.enumerate() if t.name.startswith(("convert-nufft", "convert-write", "convert-read"))]
+
+
+def test_without_skip_data_the_file_is_one_torch_save_after_the_last_row(tmp_path: Path, monkeypatch) -> None:
+    """A torch without ``skip_data`` (older than 2.6): no streaming, the same loadable file."""
+    monkeypatch.delattr(torch.serialization, "skip_data")
+    tensor = torch.randn(5, 4, dtype=torch.complex64)
+    parts = list(pt_chunks(tensor, "stack", [2, 5]))
+    assert len(parts) == 1
+    (tmp_path / "stack.pt").write_bytes(bytes(parts[0]))
+    assert torch.equal(torch.load(tmp_path / "stack.pt", weights_only=True), tensor)
