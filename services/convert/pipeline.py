@@ -484,9 +484,7 @@ class _Runner:
         job.progress.wait()
         finished = job.finished or time.perf_counter()
         timings = {"read_s": read_s, "transform_s": finished - job.started, "write_s": time.perf_counter() - t0}
-        if self.device.type == "cpu":
-            self.buffers.give(job.phys, job.fourier)
-        return StackWritten(
+        written = StackWritten(
             index=plan.index,
             n_images=plan.n_images,
             metadata_file=str(source.metadata_file),
@@ -499,6 +497,9 @@ class _Runner:
             timings=timings,
             gpu_memory_bytes=self.gpu_peak if self.device.type == "cuda" else None,
         )
+        if self.device.type == "cpu":
+            self.buffers.give(job.phys, job.fourier)  # written: the next stacks may reuse them
+        return written
 
     def run(self, on_stack: Callable[[StackWritten], None] | None) -> list[StackWritten]:
         """read stack i+1 | transform stack i | write stack i as it is transformed (and the tail of i−1).
