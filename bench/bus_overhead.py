@@ -40,18 +40,58 @@ def payload(i: int) -> Envelope:
     )
 
 
+class Handled:
+    """Messages handled so far, and an event set once the count reaches ``target``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.target = 0
+        self.done = asyncio.Event()
+
+    def add(self) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.done.set()
+
+    def expect(self, more: int) -> None:
+        self.target = self.count + more
+        self.done.clear()
+        if more <= 0:
+            self.done.set()
+
+
+async def measure(js, handled: Handled, subject: str | None, n: int) -> tuple[list[float], float]:
+    """Latency of ``n`` events one at a time, then the rate of ``n`` published at once.
+
+    ``subject``: where to publish (None: each envelope's own subject)."""
+    async def send(i: int) -> None:
+        env = payload(i)
+        await js.publish(subject or env.nats_subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
+
+    latencies = []
+    for i in range(n):
+        handled.expect(1)
+        t0 = time.perf_counter()
+        await send(i)
+        await handled.done.wait()
+        latencies.append(time.perf_counter() - t0)
+    handled.expect(n)
+    t0 = time.perf_counter()
+    for i in range(n, 2 * n):
+        await send(i)
+    await handled.done.wait()
+    return latencies, n / (time.perf_counter() - t0)
+
+
 async def raw_nats(url: str, n: int) -> tuple[list[float], float]:
     nc = await nats.connect(url)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="RAW", subjects=["raw.>"]))
     await js.add_consumer("RAW", ConsumerConfig(durable_name="raw", ack_policy=AckPolicy.EXPLICIT))
     sub = await js.pull_subscribe_bind("raw", stream="RAW")
-    handled = 0
-    done = asyncio.Event()
-    target = 0
+    handled = Handled()
 
     async def consume() -> None:
-        nonlocal handled
         while True:
             try:
                 msgs = await sub.fetch(1, timeout=1)
@@ -59,51 +99,25 @@ async def raw_nats(url: str, n: int) -> tuple[list[float], float]:
                 continue
             for m in msgs:
                 json.loads(m.data)
-                handled += 1
-                if handled >= target:
-                    done.set()
+                handled.add()
                 await m.ack()
 
     task = asyncio.create_task(consume())
-    latencies = []
-    for i in range(n):
-        target = handled + 1
-        done.clear()
-        t0 = time.perf_counter()
-        env = payload(i)
-        await js.publish("raw.exposure", env.to_json(), headers={"Nats-Msg-Id": env.id})
-        await done.wait()
-        latencies.append(time.perf_counter() - t0)
-    target = handled + n
-    done.clear()
-    t0 = time.perf_counter()
-    for i in range(n, 2 * n):
-        env = payload(i)
-        await js.publish("raw.exposure", env.to_json(), headers={"Nats-Msg-Id": env.id})
-    await done.wait()
-    elapsed = time.perf_counter() - t0
+    result = await measure(js, handled, "raw.exposure", n)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await nc.close()
-    return latencies, n / elapsed
+    return result
 
 
 async def cryobus_runtime(url: str, store: Path, n: int, max_in_flight: int) -> tuple[list[float], float]:
     loop = asyncio.get_running_loop()
-    handled = 0
-    target = 0
-    done = asyncio.Event()
+    handled = Handled()
     svc = Service(name=f"bench{max_in_flight}")
-
-    def count() -> None:
-        nonlocal handled
-        handled += 1
-        if handled >= target:
-            done.set()
 
     @svc.handler(ExposureDiscovered)
     def noop(event, ctx) -> None:
-        loop.call_soon_threadsafe(count)
+        loop.call_soon_threadsafe(handled.add)
 
     rt = ServiceRuntime(svc, Settings(nats_url=url, store_url=store.as_uri(), max_in_flight=max_in_flight))
     run = asyncio.create_task(rt.run())
@@ -112,31 +126,13 @@ async def cryobus_runtime(url: str, store: Path, n: int, max_in_flight: int) -> 
     nc = await nats.connect(url)
     js = nc.jetstream()
     # Events published by earlier runs of this bench are consumed first.
-    backlog = (await js.consumer_info("CRYOBUS_EVENTS", svc.name)).num_pending
-    target = backlog
-    if backlog:
-        await done.wait()
-    latencies = []
-    for i in range(n):
-        target = handled + 1
-        done.clear()
-        t0 = time.perf_counter()
-        env = payload(i)
-        await js.publish(env.nats_subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
-        await done.wait()
-        latencies.append(time.perf_counter() - t0)
-    target = handled + n
-    done.clear()
-    t0 = time.perf_counter()
-    for i in range(n, 2 * n):
-        env = payload(i)
-        await js.publish(env.nats_subject, env.to_json(), headers={"Nats-Msg-Id": env.id})
-    await done.wait()
-    elapsed = time.perf_counter() - t0
+    handled.expect((await js.consumer_info("CRYOBUS_EVENTS", svc.name)).num_pending)
+    await handled.done.wait()
+    result = await measure(js, handled, None, n)
     rt.request_stop()
     await run
     await nc.close()
-    return latencies, n / elapsed
+    return result
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -42,3 +43,15 @@ def nats_server(tmp_path: Path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def restore_root_logger():
+    """For tests that call ``configure_logging``, which replaces the root logger's handlers:
+    put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)

@@ -151,7 +151,11 @@ class ServiceRuntime:
         self.js = self.nc.jetstream()
         await self.provision()
         subs = [await self.js.pull_subscribe_bind(spec.durable, stream=spec.stream) for spec in self.consumer_specs()]
-        fetchers = [asyncio.create_task(self._fetch_loop(sub)) for sub in subs]
+        # The first consumer (events, or commands alone) pulls as many messages as there are free
+        # slots; the others (commands beside events) must not hold a slot in an idle long-poll,
+        # which would starve the first one (max_in_flight=1: every event waited out that poll).
+        fetchers = [asyncio.create_task(self._fetch_loop(subs[0]))] if subs else []
+        fetchers += [asyncio.create_task(self._side_fetch_loop(sub)) for sub in subs[1:]]
         background = [asyncio.create_task(self._run_background(fn)) for fn in self.service.background]
         self._bound = True
         log.info("service %s consuming %s", self.service.name, [s.durable for s in self.consumer_specs()])
@@ -236,10 +240,49 @@ class ServiceRuntime:
                 continue
             self._release(taken - len(msgs))
             for msg in msgs:
-                task = asyncio.create_task(self._process(msg))
-                self._inflight[task] = msg
-                self.metrics.in_flight.labels(service=self.service.name).inc()
-                task.add_done_callback(self._done)
+                self._start(msg)
+
+    async def _side_fetch_loop(self, sub: Any) -> None:
+        """Long-poll a secondary consumer for one message without holding a slot; then wait for a
+        free slot (keeping the message alive with heartbeats) before processing it, so the total in
+        flight still never exceeds ``max_in_flight``."""
+        interval = max(self.settings.ack_wait_s / 3.0, 0.2)
+        while not self._stop.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - disconnected, server restarting...
+                log.debug("fetch failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                try:
+                    while True:
+                        try:
+                            await asyncio.wait_for(self._slots.acquire(), timeout=interval)
+                            break
+                        except asyncio.TimeoutError:
+                            await msg.in_progress()
+                except asyncio.CancelledError:
+                    await asyncio.shield(self._nak_quietly(msg))  # stopping: hand it back now, not after ack_wait
+                    raise
+                self._start(msg)
+
+    async def _nak_quietly(self, msg: Msg) -> None:
+        try:
+            await msg.nak()
+        except Exception:  # noqa: BLE001 - it comes back after ack_wait anyway
+            pass
+
+    def _start(self, msg: Msg) -> None:
+        """Process ``msg`` in its own task; it holds one slot until done."""
+        task = asyncio.create_task(self._process(msg))
+        self._inflight[task] = msg
+        self.metrics.in_flight.labels(service=self.service.name).inc()
+        task.add_done_callback(self._done)
 
     def _release(self, n: int) -> None:
         for _ in range(n):

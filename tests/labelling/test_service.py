@@ -67,6 +67,7 @@ def test_classes_in_grades_and_exports_out(nats_server, tmp_path, relion_project
 
     async def scenario(js, rt):
         await publish(js, relion)
+        assert await until(lambda: consumer_idle(js))  # imported first: its classes get ids 1..50
         await publish(js, cs2d)
         await publish(js, relion.model_copy(update={"fingerprint": "rescanned"}))  # re-announced: nothing new
         store = label_store(settings)

@@ -21,15 +21,7 @@ LANDED = "cryobus.micrograph.landed.v1"
 B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
-@pytest.fixture(autouse=True)
-def restore_root_logger():
-    """configure_logging replaces the root handlers: put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.captureWarnings(False)
+pytestmark = pytest.mark.usefixtures("restore_root_logger")  # configure_logging swaps the root handlers
 
 
 def lines(capsys: pytest.CaptureFixture[str]) -> list[dict]:

@@ -39,18 +39,7 @@ def test_repr_and_str_of_settings_show_no_secret(secret_env):
     assert "nats://ingest:***@nats-1:4222" in repr(s)
 
 
-@pytest.fixture
-def json_logging():
-    """configure_logging replaces the root handlers: put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.captureWarnings(False)
-
-
-def test_settings_logged_by_mistake_are_masked_in_the_json_line(secret_env, json_logging, capsys):
+def test_settings_logged_by_mistake_are_masked_in_the_json_line(secret_env, restore_root_logger, capsys):
     configure_logging("ingest", "DEBUG")
     s = Settings()
     log = logging.getLogger("cryobus.test")
